@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers (e.g. when it is not installed)")
     p.add_argument("--diffusers-tiling", default="1", help="1: also time diffusers with enable_tiling()")
     p.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one decode of ours per size")
+    p.add_argument("--no-fp32-ref", action="store_true",
+                   help="skip the float32 reference decode (ours in float32, TF32 off) used for 'err vs fp32'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON results (default $OUT/bench_vae.json if OUT is set)")
     p.add_argument("--smoke", action="store_true", help="tiny model and sizes, CPU, float32")
@@ -130,7 +132,19 @@ def main(argv=None):
         g = torch.Generator().manual_seed(args.seed)
         z = torch.randn(1, 16, lat_frames, H // 8, W // 8, generator=g).to(device, dtype)
         rows = []
-        # 2. diffusers first (its untiled output is the reference)
+        # 2. a float32 reference (the same bf16-rounded weights and latents, TF32 off) to judge bf16 accuracy
+        ref32 = None
+        if not args.no_fp32_ref and dtype != torch.float32:
+            tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+            ours.to(device, torch.float32)
+            r, err = oom_safe(lambda: measure(lambda v: ours.decode(v.float()).sample, z, 1, 0, device))
+            ours.to("cpu", dtype)
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+            if r is not None: ref32 = r[0]
+            print(dict(size=f"{H}x{W}", fp32_reference="ok" if r is not None else err, seconds=r and r[1]), flush=True)
+            gc.collect(); torch.cuda.empty_cache()
+        # 3. diffusers (its untiled output is the reference for 'err vs diffusers')
         ref_out = None
         if ref is not None:
             ref.to(device)
@@ -142,12 +156,13 @@ def main(argv=None):
                 if r is not None:
                     out, sec, peak = r
                     row.update(seconds=sec, peak_gib=gib(peak))
+                    if ref32 is not None: row["rel_err_vs_fp32"] = rel_err(out, ref32)
                     if label == "untiled": ref_out = out
                     elif ref_out is None: ref_out = out
                 rows.append(row); print(row, flush=True)
             ref.disable_tiling(); ref.to("cpu"); gc.collect()
             if device.type == "cuda": torch.cuda.empty_cache()
-        # 3. ours, every chunking configuration, untiled; then tiled
+        # 4. ours, every chunking configuration, untiled; then tiled
         ours.to(device)
         base = next((r for r in rows if r["impl"] == "diffusers" and r["mode"] == "untiled" and "seconds" in r), None)
         configs = [(dc, sf, st) for dc in ints(args.decode_chunk) for sf in ints(args.stream_frames)
@@ -173,6 +188,7 @@ def main(argv=None):
                 out, sec, peak = r
                 row.update(seconds=sec, peak_gib=gib(peak))
                 if ref_out is not None: row["rel_err_vs_diffusers"] = rel_err(out, ref_out)
+                if ref32 is not None: row["rel_err_vs_fp32"] = rel_err(out, ref32)
                 if base is not None:
                     row["time_ratio"] = sec / base["seconds"]
                     if peak is not None and base.get("peak_gib"): row["peak_ratio"] = gib(peak) / base["peak_gib"]
@@ -192,19 +208,19 @@ def main(argv=None):
         tmp = out + ".tmp"
         with open(tmp, "w") as f: json.dump(results, f, indent=1)
         os.replace(tmp, out)
-    # 4. the table, last
+    # 5. the table, last
     f = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"
     print(f"\n{results['device']}, torch {results['torch']}, {results['dtype']}, {frames} frames, "
           f"weights {f(results['weights_gib'])} GiB (ours and diffusers alike). {note}")
-    print("| size | impl | mode | decode_chunk | stream_frames | split_taps | time s | peak GiB | time / diffusers | peak / diffusers | rel err vs diffusers | est GiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| size | impl | mode | decode_chunk | stream_frames | split_taps | time s | peak GiB | time / diffusers | peak / diffusers | err vs diffusers | err vs fp32 | est GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results["rows"]:
         if r.get("error"):
-            print(f"| {r['size']} | {r['impl']} | {r['mode']} | {r.get('decode_chunk', '-')} | {r.get('stream_frames', '-')} | {r.get('split_taps', '-')} | {r['error']} | | | | | |")
+            print(f"| {r['size']} | {r['impl']} | {r['mode']} | {r.get('decode_chunk', '-')} | {r.get('stream_frames', '-')} | {r.get('split_taps', '-')} | {r['error']} | | | | | | |")
             continue
         print(f"| {r['size']} | {r['impl']} | {r['mode']} | {r.get('decode_chunk', '-')} | {r.get('stream_frames', '-')} | "
               f"{r.get('split_taps', '-')} | {f(r.get('seconds'))} | {f(r.get('peak_gib'), 2)} | {f(r.get('time_ratio'), 2)} | "
-              f"{f(r.get('peak_ratio'), 2)} | {f(r.get('rel_err_vs_diffusers'), 5)} | {f(r.get('estimate_gib'), 2)} |")
+              f"{f(r.get('peak_ratio'), 2)} | {f(r.get('rel_err_vs_diffusers'), 4)} | {f(r.get('rel_err_vs_fp32'), 4)} | {f(r.get('estimate_gib'), 2)} |")
     return results
 
 

@@ -582,10 +582,11 @@ def load_pipeline(model_dir:str|Path, # a local model folder, diffusers or origi
     dtype = dtype or default_dtype(device)
     # 1. Which pipeline: from the transformer config
     in_channels = json.loads((d / "transformer" / "config.json").read_text()).get("in_channels")
+    if in_channels in (48, 38): import easyanimate.control_pipeline  # registers EasyAnimateControlPipeline
     cls = pipeline_class or PIPELINES_BY_IN_CHANNELS.get(in_channels)
     if cls is None:
-        raise InputError(f"{d}: a transformer with in_channels={in_channels} is a control model (48: control video, "
-                         "38: camera); it needs the control pipeline, not load_pipeline's T2V/InP pipelines.")
+        raise InputError(f"{d}: a transformer with in_channels={in_channels} is no EasyAnimate V5.1 variant (16: T2V, "
+                         "33: InP, 48: Control, 38: Control-Camera); check transformer/config.json.")
     # 2. Components (the transformer loader reads both key layouts and raises WeightsError naming bad files)
     transformer = EasyAnimateTransformer3DModel.from_pretrained(d, subfolder="transformer", torch_dtype=dtype)
     vae = AutoencoderKLMagvit.from_pretrained(d, subfolder="vae", torch_dtype=dtype)

@@ -107,9 +107,9 @@ def make_tiny_scheduler(**kwargs):
     from diffusers import FlowMatchEulerDiscreteScheduler
     return FlowMatchEulerDiscreteScheduler(**kwargs)
 
-VARIANT_CHANNELS = {"t2v": 16, "inpaint": 33, "control": 48}
+VARIANT_CHANNELS = {"t2v": 16, "inpaint": 33, "control": 48, "control_camera": 38}
 
-def make_tiny_components(variant:str="t2v", # "t2v" (16 input channels), "inpaint" (33) or "control" (48)
+def make_tiny_components(variant:str="t2v", # "t2v" (16 input channels), "inpaint" (33), "control" (48) or "control_camera" (38)
                          seed:int=0, tokenizer_path:str|Path|None=None) -> dict:
     "All five pipeline components, tiny and seeded: `vae`, `text_encoder`, `tokenizer`, `transformer`, `scheduler`."
     if variant not in VARIANT_CHANNELS: raise ValueError(f"variant must be one of {list(VARIANT_CHANNELS)}, got {variant!r}.")
@@ -134,11 +134,12 @@ def to_original_keys(state_dict:dict) -> dict:
         return k
     return {rename(k): v for k, v in state_dict.items()}
 
-_PIPELINE_NAMES = {"t2v": "EasyAnimatePipeline", "inpaint": "EasyAnimateInpaintPipeline", "control": "EasyAnimateControlPipeline"}
+_PIPELINE_NAMES = {"t2v": "EasyAnimatePipeline", "inpaint": "EasyAnimateInpaintPipeline", "control": "EasyAnimateControlPipeline",
+                   "control_camera": "EasyAnimateControlPipeline"}
 
 def make_tiny_model_folder(path:str|Path, # folder to create (parents too)
                            layout:str="diffusers", # "diffusers" or "original" (transformer keys and config as published there)
-                           variant:str="t2v", # "t2v", "inpaint" or "control"
+                           variant:str="t2v", # "t2v", "inpaint", "control" or "control_camera"
                            seed:int=0,
                            components:dict|None=None # components to save instead of fresh tiny ones
                           ) -> Path:

@@ -211,7 +211,10 @@ def test_missing_component_is_named(folders, tmp_path, remove, expect):
 def test_missing_folder_and_control_model(tmp_path):
     with pytest.raises(WeightsError, match="does not exist"): load_pipeline(tmp_path / "nope")
     d = make_tiny_model_folder(tmp_path / "ctrl", variant="control")
-    with pytest.raises(InputError, match="control"): load_pipeline(d, device="cpu")
+    assert type(load_pipeline(d, device="cpu")).__name__ == "EasyAnimateControlPipeline"  # tests/test_control_pipeline.py tests it
+    cfg = d / "transformer" / "config.json"
+    cfg.write_text(cfg.read_text().replace('"in_channels": 48', '"in_channels": 20'))
+    with pytest.raises(InputError, match="in_channels=20 is no EasyAnimate"): load_pipeline(d, device="cpu")
 
 
 # ------------------------------------------------------------------------------------------------------ bad input
