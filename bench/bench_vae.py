@@ -25,7 +25,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="384x672,576x1008,768x1344", help="HxW list (pixels)")
     p.add_argument("--frames", type=int, default=49, help="pixel frames (4k+1)")
-    p.add_argument("--decode-chunk", default="4", help="ours: latent frames per decoder call, a list")
+    p.add_argument("--decode-chunk", default="2", help="ours: latent frames per decoder call, a list")
     p.add_argument("--stream-frames", default="1", help="ours: frames per piece after the first up block, a list")
     p.add_argument("--split-taps", default="1", help="ours: 1 = lone frames convolved tap by tap, 0 = one conv, a list")
     p.add_argument("--tile", default="auto:8",
@@ -38,6 +38,10 @@ def parse_args(argv=None):
     p.add_argument("--profile", action="store_true", help="print the top CUDA kernels of one decode of ours per size")
     p.add_argument("--no-fp32-ref", action="store_true",
                    help="skip the float32 reference decode (ours in float32, TF32 off) used for 'err vs fp32'")
+    p.add_argument("--encode", action="store_true",
+                   help="also time encode (ours vs diffusers, untiled) of a random video at every size")
+    p.add_argument("--encode-chunk", default="4", help="ours: pixel frames per encoder call (multiple of 4), a list")
+    p.add_argument("--skip-decode", action="store_true", help="only the encode rows (with --encode)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON results (default $OUT/bench_vae.json if OUT is set)")
     p.add_argument("--smoke", action="store_true", help="tiny model and sizes, CPU, float32")
@@ -100,6 +104,51 @@ def profile_once(vae, z):
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
 
 
+def bench_encode(args, ours, ref, H, W, frames, device, dtype):
+    "Rows for encoding a random smooth video: posterior mean error vs diffusers and vs a float32 encode."
+    g = torch.Generator().manual_seed(args.seed)
+    x = torch.nn.functional.avg_pool3d(torch.rand(1, 3, frames, H, W, generator=g) * 2 - 1, (1, 5, 5), 1, (0, 2, 2))
+    x = x.to(device, dtype)
+    rows, ref32, ref_out = [], None, None
+    if not args.no_fp32_ref and dtype != torch.float32:
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        ours.to(device, torch.float32)
+        r, err = oom_safe(lambda: measure(lambda v: ours.encode(v.float()).latent_dist.mean, x, 1, 0, device))
+        ours.to("cpu", dtype); torch.backends.cudnn.allow_tf32 = tf32
+        ref32 = r[0] if r is not None else None
+        gc.collect(); torch.cuda.empty_cache()
+    if ref is not None:
+        ref.to(device); ref.disable_tiling()
+        r, err = oom_safe(lambda: measure(lambda v: ref.encode(v).latent_dist.mean, x, args.runs, args.warmup, device))
+        row = dict(impl="diffusers", mode="encode", size=f"{H}x{W}", error=err)
+        if r is not None:
+            ref_out, sec, peak = r
+            row.update(seconds=sec, peak_gib=gib(peak))
+            if ref32 is not None: row["rel_err_vs_fp32"] = rel_err(ref_out, ref32)
+        rows.append(row); print(row, flush=True)
+        ref.to("cpu"); gc.collect()
+        if device.type == "cuda": torch.cuda.empty_cache()
+    ours.to(device); ours.disable_tiling()
+    base = rows[0] if rows and "seconds" in rows[0] else None
+    for ec in ints(args.encode_chunk):
+        ours.set_chunking(encode_chunk=ec)
+        r, err = oom_safe(lambda: measure(lambda v: ours.encode(v).latent_dist.mean, x, args.runs, args.warmup, device))
+        row = dict(impl="ours", mode=f"encode (chunk {ec})", size=f"{H}x{W}", error=err)
+        if r is not None:
+            out, sec, peak = r
+            row.update(seconds=sec, peak_gib=gib(peak))
+            if ref_out is not None: row["rel_err_vs_diffusers"] = rel_err(out, ref_out)
+            if ref32 is not None: row["rel_err_vs_fp32"] = rel_err(out, ref32)
+            if base is not None:
+                row["time_ratio"] = sec / base["seconds"]
+                if peak is not None and base.get("peak_gib"): row["peak_ratio"] = gib(peak) / base["peak_gib"]
+        rows.append(row); print(row, flush=True)
+    ours.set_chunking(encode_chunk=4); ours.to("cpu"); gc.collect()
+    if device.type == "cuda": torch.cuda.empty_cache()
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
@@ -129,6 +178,8 @@ def main(argv=None):
     lat_frames = (frames - 1) // 4 + 1
 
     for H, W in size_list:
+        if args.encode: results["rows"] += bench_encode(args, ours, ref, H, W, frames, device, dtype)
+        if args.skip_decode: continue
         g = torch.Generator().manual_seed(args.seed)
         z = torch.randn(1, 16, lat_frames, H // 8, W // 8, generator=g).to(device, dtype)
         rows = []
