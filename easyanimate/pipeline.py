@@ -24,6 +24,10 @@ from .video_io import read_image, read_video, video_info, resize_center_crop, sa
 from .text import DEFAULT_NEGATIVE_PROMPT, MAX_SEQUENCE_LENGTH, PromptCache, PromptEmbeds, encode_prompts
 from .sampler import (SAMPLERS, Interrupted, denoise, make_scheduler, noise_latents, retrieve_timesteps,
                                  sampler_name)
+from .offload import (MEMORY_MODES as OFFLOAD_MODES, check_memory_mode, enable_memory_mode, prepare_decode,
+                                 release_after_use)
+from .teacache import enable_teacache
+from .lora import LoraMixin
 
 # %% auto #0
 __all__ = ['DEFAULT_FPS', 'DEFAULT_HEIGHT', 'DEFAULT_WIDTH', 'DEFAULT_NUM_FRAMES', 'DEFAULT_STEPS', 'DEFAULT_GUIDANCE',
@@ -213,7 +217,7 @@ class VideoOutput:
         return show_video(self.frames_of(index), fps=self.fps, **kwargs)
 
 # %% ../nbs/06_pipeline.ipynb #1ca272dd
-class _EasyAnimateBase(DiffusionPipeline):
+class _EasyAnimateBase(LoraMixin, DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     _optional_components = ["text_encoder", "tokenizer"]
     _expected_in_channels: tuple = ()
@@ -266,8 +270,18 @@ class _EasyAnimateBase(DiffusionPipeline):
 
     def make_scheduler(self, sampler:str|None=None):
         "A fresh scheduler from the pipeline's scheduler config: the same class, or the `SAMPLERS` class `sampler`."
-        if sampler is None: return type(self.scheduler).from_config(self.scheduler.config)
-        return make_scheduler(sampler, self.scheduler.config)
+        s = type(self.scheduler).from_config(self.scheduler.config) if sampler is None else make_scheduler(sampler, self.scheduler.config)
+        cache = getattr(self.transformer, "_teacache", None)
+        if cache is not None: cache.scheduler = s  # step caching learns where the run ends from the scheduler
+        return s
+
+    def enable_memory_mode(self, mode:str|None="none", device=None, **kwargs):
+        "Place the components for a memory mode (see `offload.enable_memory_mode`); returns the pipeline."
+        return enable_memory_mode(self, mode, device, **kwargs)
+
+    def enable_teacache(self, threshold:float=0.08, coefficients="12b", **kwargs):
+        "Switch step caching on (see `teacache.enable_teacache`); returns the `TeaCache`."
+        return enable_teacache(self, threshold, coefficients, **kwargs)
 
     @torch.no_grad()
     def encode_video(self, video:torch.Tensor # (B, 3, F, H, W) in [-1, 1]
@@ -302,12 +316,15 @@ class _EasyAnimateBase(DiffusionPipeline):
 
     def _finish(self, latents, output_type, seed) -> VideoOutput:
         if output_type not in ("np", "latent"): raise InputError(f"output_type must be 'np' or 'latent', got {output_type!r}.")
+        if output_type != "latent": prepare_decode(self, latents)  # the memory mode's VAE tiling
         videos = None if output_type == "latent" else self.decode_latents(latents)
+        release_after_use(self, "vae")
         self.maybe_free_model_hooks()
         return VideoOutput(videos=videos, latents=latents, fps=DEFAULT_FPS, seed=seed)
 
     def _text(self, prompt, negative_prompt, n, cfg, pe, pm, ne, nm, max_sequence_length):
         emb = self.encode_prompt(prompt, negative_prompt, n, cfg, pe, pm, ne, nm, max_sequence_length)
+        release_after_use(self, "text_encoder")  # offload modes: the text encoder leaves the GPU before the transformer runs
         return torch.cat([emb.negative_prompt_embeds, emb.prompt_embeds]) if cfg else emb.prompt_embeds
 
 # %% ../nbs/06_pipeline.ipynb #7f7e16f5
@@ -547,7 +564,7 @@ def generate_long_video(pipe:EasyAnimateInpaintPipeline, # a pipeline with an In
 PIPELINES_BY_IN_CHANNELS = {16: EasyAnimatePipeline, 33: EasyAnimateInpaintPipeline}
 REQUIRED_FILES = {"transformer": "config.json", "vae": "config.json", "text_encoder": "config.json",
                   "tokenizer": None, "scheduler": "scheduler_config.json"}
-MEMORY_MODES = (None, "model_cpu_offload", "sequential_cpu_offload")
+MEMORY_MODES = (None, *OFFLOAD_MODES[1:])  # None = "none" (everything on the device)
 
 def check_model_folder(model_dir:str|Path) -> Path:
     "Raise `WeightsError` naming the first missing component folder or file of a model folder; return its path."
@@ -571,12 +588,12 @@ def load_pipeline(model_dir:str|Path, # a local model folder, diffusers or origi
                   device:str|torch.device|None=None, # default: the best available (cuda, mps, cpu)
                   dtype:torch.dtype|None=None, # default: bfloat16 on CUDA, float32 elsewhere
                   sampler:str|None=None, # a `SAMPLERS` name; default: the folder's scheduler
-                  memory_mode:str|None=None, # None, "model_cpu_offload" or "sequential_cpu_offload"
+                  memory_mode:str|None=None, # None or one of `offload.MEMORY_MODES` (see the offload chapter)
                   pipeline_class:type|None=None # force a pipeline class (default: chosen by in_channels)
                  ) -> _EasyAnimateBase:
     "Load the pipeline that fits the model in `model_dir`."
     from transformers import Qwen2Tokenizer, Qwen2VLForConditionalGeneration
-    if memory_mode not in MEMORY_MODES: raise InputError(f"memory_mode must be one of {MEMORY_MODES}, got {memory_mode!r}.")
+    memory_mode = check_memory_mode(memory_mode)
     d = check_model_folder(model_dir)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
@@ -597,7 +614,4 @@ def load_pipeline(model_dir:str|Path, # a local model folder, diffusers or origi
     scheduler = make_scheduler(name, scheduler_config)
     pipe = cls(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler)
     # 3. Placement
-    if memory_mode is not None and device.type != "cpu":
-        getattr(pipe, f"enable_{memory_mode}")(device=device)
-    else: pipe.to(device)
-    return pipe
+    return enable_memory_mode(pipe, memory_mode, device)

@@ -384,6 +384,15 @@ class EasyAnimateTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.gradient_checkpointing = False
         self._rope_cache = {}
 
+    def run_blocks(self, x:torch.Tensor, ctx:torch.Tensor, # video (B, Lv, D) and text (B, Lt, D) tokens
+                   temb:torch.Tensor, rope:tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        "Step 6 of `forward`: all blocks in order (with gradient checkpointing when enabled and training)."
+        for block in self.transformer_blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x, ctx = self._gradient_checkpointing_func(block, x, ctx, temb, rope)
+            else: x, ctx = block(x, ctx, temb, rope)
+        return x, ctx
+
     def rope(self, frames:int, h:int, w:int, device) -> tuple[torch.Tensor, torch.Tensor]:
         "The 3D RoPE `(cos, sin)` of a `frames x h x w` patch grid, cached per grid and device (a sampler reuses it every step)."
         key = (frames, h, w, str(device))
@@ -450,11 +459,8 @@ class EasyAnimateTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         # 5. Text tokens (B, Lt, inner_dim)
         ctx = self.text_proj(encoder_hidden_states)
         if encoder_hidden_states_t5 is not None: ctx = torch.cat([ctx, self.text_proj_t5(encoder_hidden_states_t5)], dim=1)
-        # 6. Blocks
-        for block in self.transformer_blocks:
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x, ctx = self._gradient_checkpointing_func(block, x, ctx, temb, rope)
-            else: x, ctx = block(x, ctx, temb, rope)
+        # 6. Blocks (a method of its own: step caching, e.g. `easyanimate.teacache`, replaces it per instance)
+        x, ctx = self.run_blocks(x, ctx, temb, rope)
         # 7. Final norm and adaLN output norm (video tokens only)
         x = self.norm_out(self.norm_final(x), temb)
         # 8. Project to patch values and un-patchify
