@@ -12,10 +12,6 @@ from easyanimate.testing import make_tiny_model_folder
 from easyanimate.train import TrainConfig, train
 
 
-class P(LoraMixin, EasyAnimatePipeline):  # what the pipeline base class will be once it inherits LoraMixin
-    pass
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
@@ -45,7 +41,7 @@ def test_lora_file_format(trained):
 
 def test_lora_round_trip_on_pipeline(trained):
     model, path, _ = trained
-    pipe = P.from_pretrained(model, torch_dtype=torch.float32)
+    pipe = EasyAnimatePipeline.from_pretrained(model, torch_dtype=torch.float32)
     pipe.to("cpu")
     w0 = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
     base = sample(pipe)
@@ -64,7 +60,7 @@ def test_lora_round_trip_on_pipeline(trained):
     sd = pipe.transformer.state_dict()
     assert sd.keys() == w0.keys() and all(torch.equal(sd[k], w0[k]) for k in w0)  # bitwise the loaded weights
     # a fresh pipeline gives the same LoRA output
-    fresh = P.from_pretrained(model, torch_dtype=torch.float32)
+    fresh = EasyAnimatePipeline.from_pretrained(model, torch_dtype=torch.float32)
     fresh.load_lora(path, scale=1.0)
     assert torch.equal(sample(fresh), with_lora)
 
@@ -75,7 +71,7 @@ def test_lora_file_loads_in_diffusers(trained):
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from peft.tuners.lora import LoraLayer
     model, path, _ = trained
-    pipe = P.from_pretrained(model, torch_dtype=torch.float32)
+    pipe = EasyAnimatePipeline.from_pretrained(model, torch_dtype=torch.float32)
     theirs = DiffusersTransformer.from_pretrained(model / "transformer").eval()  # diffusers 0.42: no PeftAdapterMixin here
     sd, meta = read_lora(path)
     cfg = {k.removeprefix("transformer."): v for k, v in json.loads(meta["lora_adapter_metadata"]).items()}
@@ -121,7 +117,7 @@ def kohya_file(path, transformer, rank=2, alpha=1.0, seed=0):
 
 def test_original_kohya_lora(trained, tmp_path):
     model, _, _ = trained
-    pipe = P.from_pretrained(model, torch_dtype=torch.float32)
+    pipe = EasyAnimatePipeline.from_pretrained(model, torch_dtype=torch.float32)
     w0 = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
     base = sample(pipe)
     k = kohya_file(tmp_path / "orig.safetensors", pipe.transformer)
@@ -149,12 +145,19 @@ def test_kohya_save_and_bad_files(trained, tmp_path):
     from easyanimate.lora import save_lora
     from easyanimate.core import WeightsError
     model, path, _ = trained
-    a = P.from_pretrained(model, torch_dtype=torch.float32); a.load_lora(path)
+    a = EasyAnimatePipeline.from_pretrained(model, torch_dtype=torch.float32); a.load_lora(path)
     want = sample(a)
     kpath = save_lora(a.transformer, tmp_path / "kohya.safetensors", adapter_name=a.lora_adapters and next(iter(a.lora_adapters)), format="kohya")
     assert any(k.startswith("lora_unet__transformer_blocks_0_attn2_to_q") for k in load_file(kpath))
-    b = P.from_pretrained(model, torch_dtype=torch.float32); b.load_lora(kpath)
+    b = EasyAnimatePipeline.from_pretrained(model, torch_dtype=torch.float32); b.load_lora(kpath)
     torch.testing.assert_close(sample(b), want, atol=1e-5, rtol=1e-5)
     save_file({"lora_unet__blocks_9_attn_qkv.lora_down.weight": torch.zeros(2, 4),
                "lora_unet__blocks_9_attn_qkv.lora_up.weight": torch.zeros(4, 2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(WeightsError, match="another model"): b.load_lora(tmp_path / "other.safetensors")
+
+
+def test_every_pipeline_has_lora_methods():
+    from easyanimate.pipeline import EasyAnimateInpaintPipeline
+    from easyanimate.control_pipeline import EasyAnimateControlPipeline
+    for cls in (EasyAnimatePipeline, EasyAnimateInpaintPipeline, EasyAnimateControlPipeline):
+        assert issubclass(cls, LoraMixin) and callable(cls.load_lora), cls
