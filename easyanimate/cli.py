@@ -70,7 +70,13 @@ def main(argv:list[str]|None=None) -> int:
     r.add_argument("--stride", type=int, default=1)
     r.add_argument("--height", type=int, default=None); r.add_argument("--width", type=int, default=None)
     r.add_argument("--device", default=None); r.add_argument("--tiling", action="store_true")
-    args = p.parse_args(argv)
+    # `train` hands every argument after it to the trainer's own parser (one field = one flag, see `easyanimate.train`)
+    sub.add_parser("train", add_help=False, help="train the transformer (SFT or LoRA): --config cfg.json --<field> value ...")
+    args, rest = p.parse_known_args(argv)
+    if args.command == "train":
+        from easyanimate.train import main as train_main
+        return train_main(rest)
+    if rest: p.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "vae-roundtrip":
             vae_roundtrip(args.video, args.out, args.vae, args.frames, args.stride, args.height, args.width,

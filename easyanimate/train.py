@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch
-from .core import InputError, EasyAnimateError
+from .core import InputError, EasyAnimateError, check_frames
 from .pipeline import NOISE_AUG_STRENGTH, load_pipeline
 from .checkpoint import save_checkpoint, find_checkpoint, load_checkpoint, write_json_atomic
 from .data import (VideoDataset, CachedLatentDataset, AspectBucketBatchSampler, collate_samples,
@@ -19,8 +19,9 @@ from .lora import add_lora, save_lora
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'MODE_CHANNELS', 'TrainConfig', 'load_config', 'training_schedule', 'sample_timesteps', 'flow_matching_loss',
-           'model_inputs', 'make_optimizer', 'make_lr_scheduler', 'run_validation', 'train', 'main']
+__all__ = ['logger', 'MODE_CHANNELS', 'ACCELERATE_CONFIGS', 'TrainConfig', 'load_config', 'training_schedule', 'sample_timesteps',
+           'flow_matching_loss', 'model_inputs', 'make_optimizer', 'make_lr_scheduler', 'run_validation', 'train',
+           'accelerate_config', 'main']
 
 # %% ../nbs/12_train.ipynb #c72169f1
 MODE_CHANNELS = {"t2v": 16, "inpaint": 33, "control": 48}
@@ -108,6 +109,11 @@ def load_config(config:TrainConfig|dict|str|Path|None=None, # a config, a dict, 
     if c.gradient_accumulation_steps < 1 or c.max_train_steps < 1: raise InputError("gradient_accumulation_steps and max_train_steps must be >= 1.")
     if not c.use_cached_latents and not c.dataset_json: raise InputError("Set dataset_json (or use_cached_latents with cache_dir).")
     if c.use_cached_latents and not c.cache_dir: raise InputError("use_cached_latents needs cache_dir (a build_latent_cache folder).")
+    check_frames(c.num_frames, what="training clip (num_frames)")
+    check_frames(c.validation_num_frames, what="validation video (validation_num_frames)")
+    if c.base_resolution % 16 or (c.image_base_resolution or 16) % 16:
+        raise InputError(f"base_resolution ({c.base_resolution}) and image_base_resolution ({c.image_base_resolution}) "
+                         "must be multiples of 16.")
     return c
 
 # %% ../nbs/12_train.ipynb #07cbc160
@@ -196,7 +202,7 @@ def make_lr_scheduler(optimizer, c:TrainConfig, num_processes:int=1):
 # %% ../nbs/12_train.ipynb #2249fac4
 def _accelerator(c:TrainConfig):
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # a fresh single-process state, so repeated runs in one process work
         from accelerate.state import AcceleratorState
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -210,6 +216,8 @@ def _accelerator(c:TrainConfig):
     out = Path(c.output_dir)
     return Accelerator(gradient_accumulation_steps=c.gradient_accumulation_steps, mixed_precision=c.mixed_precision,
                        log_with=log_with, cpu=(c.device == "cpu"),
+                       # DDP: the last block's text-stream outputs feed nothing, so its text weights get no gradient
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
                        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
 
 def _weight_dtype(c:TrainConfig) -> torch.dtype:
@@ -394,6 +402,17 @@ def train(config:TrainConfig|dict|str|Path, # the run; see `TrainConfig`
         say(ds.summary())
     acc.end_training()
     return summary
+
+# %% ../nbs/12_train.ipynb #21780b29
+ACCELERATE_CONFIGS = {"multi_gpu": "multi_gpu.yaml", "zero2": "deepspeed_zero2.yaml", "zero3": "deepspeed_zero3.yaml",
+                      "fsdp": "fsdp.yaml"}
+
+def accelerate_config(name:str # "multi_gpu", "zero2", "zero3" or "fsdp"
+                     ) -> Path:
+    "Path of a shipped `accelerate launch --config_file` YAML."
+    if name not in ACCELERATE_CONFIGS: raise InputError(f"Unknown accelerate config {name!r}; choose one of {list(ACCELERATE_CONFIGS)}.")
+    import easyanimate
+    return Path(easyanimate.__file__).resolve().parent / "assets" / "accelerate" / ACCELERATE_CONFIGS[name]
 
 # %% ../nbs/12_train.ipynb #f334e677
 def _parse_value(s:str):

@@ -69,3 +69,37 @@ def test_v2v_notebook(models, media, tmp_path, layout):
 def test_long_video_notebook(models, tmp_path, layout):
     assert run("long_video", tmp_path, model_dir=models[(layout, "inpaint")], frames=23, window=9, overlap=2,
                height=32, width=48) == (23, 48, 32, 8.0)
+
+
+TRAIN = dict(num_frames=5, stride=1, base_resolution=32, image_base_resolution=32, max_train_steps=2, lr_warmup_steps=0,
+             mixed_precision="no", gradient_checkpointing=True, checkpointing_steps=1, max_sequence_length=64,
+             sample_prompt="A cat plays the guitar on a swing.", sample_frames=5, sample_height=32, sample_width=32,
+             sample_steps=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    from easyanimate.data import make_toy_dataset
+    return str(make_toy_dataset(tmp_path_factory.mktemp("toy"), n_videos=2, n_images=1, frames=9, size=(32, 32)))
+
+
+@pytest.mark.parametrize("name", ["train_lora", "train_sft"])
+def test_training_notebooks(models, toy_data, tmp_path, name):
+    "Each trains a tiny model for two steps (one checkpoint a step), then samples with the result."
+    out = tmp_path / "run"
+    params = dict(TRAIN, model_dir=models[("diffusers", "t2v")], dataset_json=toy_data, output_dir=str(out),
+                  sample_path=str(tmp_path / "sample.mp4"), **({"lora_rank": 4} if name == "train_lora" else {}))
+    pm.execute_notebook(str(EXAMPLES / f"{name}.ipynb"), str(tmp_path / f"{name}-run.ipynb"), kernel_name="python3",
+                        language="python", parameters=params, progress_bar=False, cwd=str(tmp_path))
+    summary = json_load(out / "summary.json")
+    assert summary["steps"] == 2 and summary["skipped"] == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    final = out / ("lora.safetensors" if name == "train_lora" else "transformer")
+    assert final.exists() and summary["output"] == str(final)
+    info = video_info(tmp_path / "sample.mp4")
+    assert (info["frames"], info["width"], info["height"]) == (5, 32, 32)
+
+
+def json_load(path):
+    import json
+    return json.loads(Path(path).read_text())

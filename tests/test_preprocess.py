@@ -307,6 +307,18 @@ def test_exported_json_matches_schema_and_clips(pool_run):
     assert pool_run.report["kept"] == len(kept) and pool_run.report["removed"] == len(clips) - len(kept) > 0
 
 
+
+def test_trainer_runs_on_the_exported_json(pool_run, tmp_path):
+    "The exporter's JSON is what the trainer reads: two LoRA steps of a tiny model on it, nothing skipped."
+    from easyanimate.testing import make_tiny_model_folder
+    from easyanimate.train import train
+    model = make_tiny_model_folder(tmp_path / "model")
+    r = train(dict(model_dir=str(model), dataset_json=str(pool_run.dataset), output_dir=str(tmp_path / "run"), num_frames=5,
+                   stride=2, base_resolution=32, lora_rank=4, max_train_steps=2, checkpointing_steps=0,
+                   max_sequence_length=64, device="cpu", report_to="none"), log=None)
+    assert r["steps"] == 2 and r["skipped"] == 0 and all(l == l for l in r["losses"])
+    assert r["data_summary"].startswith(f"{len(json.loads(pool_run.dataset.read_text()))} ")
+
 # ---------------------------------------------------------------- Ray
 def test_ray_gives_the_same_tables_as_the_process_pool(data, tiny_vlm, pool_run, tmp_path):
     ray = pytest.importorskip("ray")
