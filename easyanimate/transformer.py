@@ -241,6 +241,9 @@ class JointAttention(nn.Module):
             self.norm_added_q, self.norm_added_k = nn.LayerNorm(head_dim, eps=qk_norm_eps), nn.LayerNorm(head_dim, eps=qk_norm_eps)
             self.to_add_out = nn.Linear(inner, dim)
         else: self.add_q_proj = self.add_k_proj = self.add_v_proj = self.norm_added_q = self.norm_added_k = self.to_add_out = None
+        # None: plain `attention` over [text; video]; a callable (qt, kt, vt, q, k, v) -> (out_t, out_v) replaces it
+        # (`easyanimate.parallel` installs one that splits the video tokens across GPUs)
+        self.processor = None
 
     def _qkv(self, x, to_q, to_k, to_v, norm_q, norm_k):
         "Project tokens `(B, L, dim)` to normalised `(B, heads, L, head_dim)` queries and keys, and values."
@@ -256,8 +259,9 @@ class JointAttention(nn.Module):
         if shared: qt, kt, vt = self._qkv(ctx, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
         else: qt, kt, vt = self._qkv(ctx, self.add_q_proj, self.add_k_proj, self.add_v_proj, self.norm_added_q, self.norm_added_k)
         if rope is not None: q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attention(torch.cat([qt, q], 2), torch.cat([kt, k], 2), torch.cat([vt, v], 2))
-        out_t, out_v = out.transpose(1, 2).flatten(2).split([ctx.shape[1], x.shape[1]], dim=1)
+        if self.processor is not None: out_t, out_v = self.processor(qt, kt, vt, q, k, v)
+        else: out_t, out_v = attention(torch.cat([qt, q], 2), torch.cat([kt, k], 2), torch.cat([vt, v], 2)).split([qt.shape[2], q.shape[2]], dim=2)
+        out_t, out_v = out_t.transpose(1, 2).flatten(2), out_v.transpose(1, 2).flatten(2)
         return self.to_out[0](out_v), (self.to_out[0] if shared else self.to_add_out)(out_t)
 
 # %% ../nbs/03_transformer.ipynb #a035e92e
