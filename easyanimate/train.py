@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'MODE_CHANNELS', 'ACCELERATE_CONFIGS', 'TrainConfig', 'load_config', 'training_schedule', 'sample_timesteps',
-           'flow_matching_loss', 'model_inputs', 'make_optimizer', 'make_lr_scheduler', 'run_validation', 'train',
-           'accelerate_config', 'main']
+           'flow_matching_loss', 'model_inputs', 'make_optimizer', 'make_lr_scheduler', 'make_accelerator',
+           'training_data', 'run_validation', 'train', 'accelerate_config', 'main']
 
 # %% ../nbs/12_train.ipynb #c72169f1
 MODE_CHANNELS = {"t2v": 16, "inpaint": 33, "control": 48}
@@ -200,7 +200,9 @@ def make_lr_scheduler(optimizer, c:TrainConfig, num_processes:int=1):
                          num_training_steps=c.max_train_steps * num_processes)
 
 # %% ../nbs/12_train.ipynb #2249fac4
-def _accelerator(c:TrainConfig):
+def make_accelerator(c # a `TrainConfig` (or any config with its accelerate, output and device fields)
+                    ):
+    "The run's `Accelerator`: mixed precision, accumulation, trackers, project folder; shared by every trainer."
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # a fresh single-process state, so repeated runs in one process work
@@ -232,14 +234,18 @@ def _trainable_only_checkpoints(acc, model):
                 if k.removeprefix("module.") not in names: del sd[k]
     acc.register_save_state_pre_hook(save_hook)
 
-def _dataset(c:TrainConfig, mode:str, acc):
-    if c.use_cached_latents:
+def training_data(c, # a `TrainConfig` (or any config with its data fields)
+                  mode:str, acc, # train mode for the dataset; the `Accelerator` (shards per process)
+                  entries:list|None=None # dataset entries to use instead of reading `c.dataset_json`
+                 ):
+    "Dataset, bucket batch sampler (one shard per process) and DataLoader of a run; shared by every trainer."
+    if getattr(c, "use_cached_latents", False):
         ds = CachedLatentDataset(c.cache_dir, text_drop_ratio=c.text_drop_ratio, seed=c.seed)
         if ds.train_mode != mode: raise InputError(f"The cache in {c.cache_dir} was built for train_mode {ds.train_mode!r}, the model needs {mode!r}.")
     else:
-        ds = VideoDataset(c.dataset_json, c.dataset_root, num_frames=c.num_frames, stride=c.stride,
-                          base_resolution=c.base_resolution, image_base_resolution=c.image_base_resolution,
-                          text_drop_ratio=c.text_drop_ratio, train_mode=mode, seed=c.seed, random_start=c.random_start)
+        ds = VideoDataset(c.dataset_json if entries is None else entries, c.dataset_root, num_frames=c.num_frames,
+                          stride=c.stride, base_resolution=c.base_resolution, image_base_resolution=c.image_base_resolution,
+                          text_drop_ratio=getattr(c, "text_drop_ratio", 0.0), train_mode=mode, seed=c.seed, random_start=c.random_start)
     if len(ds) == 0: raise InputError(f"The dataset has no usable samples.\n{ds.summary()}")
     sampler = AspectBucketBatchSampler(ds, c.batch_size, seed=c.seed, max_tokens=c.max_tokens,
                                        num_replicas=acc.num_processes, rank=acc.process_index)
@@ -286,7 +292,7 @@ def train(config:TrainConfig|dict|str|Path, # the run; see `TrainConfig`
          ) -> dict:
     "Train the transformer of `config.model_dir` on `config.dataset_json`; returns a summary dict."
     c = load_config(config, **overrides)
-    acc = _accelerator(c)
+    acc = make_accelerator(c)
     say = (log if acc.is_main_process and log else (lambda *a: None))
     out = Path(c.output_dir)
     if acc.is_main_process: out.mkdir(parents=True, exist_ok=True)
@@ -318,7 +324,7 @@ def train(config:TrainConfig|dict|str|Path, # the run; see `TrainConfig`
         from diffusers.training_utils import EMAModel
         ema = EMAModel(params, decay=c.ema_decay)
     # 3. Data: buckets, one shard per process
-    ds, sampler, loader = _dataset(c, mode, acc)
+    ds, sampler, loader = training_data(c, mode, acc)
     # 4. accelerate
     model, optimizer, lr_scheduler = acc.prepare(tr, optimizer, lr_scheduler)
     if ema is not None: ema.to(acc.device); acc.register_for_checkpointing(ema)

@@ -103,3 +103,16 @@ def test_training_notebooks(models, toy_data, tmp_path, name):
 def json_load(path):
     import json
     return json.loads(Path(path).read_text())
+
+
+def test_train_vae_notebook(toy_data, tmp_path):
+    from easyanimate.testing import make_tiny_vae
+    make_tiny_vae().save_pretrained(tmp_path / "vae0")
+    params = dict(vae_dir=str(tmp_path / "vae0"), dataset_json=toy_data, eval_holdout=1, eval_steps=1, output_dir=str(tmp_path / "run"),
+                  num_frames=5, base_resolution=32, learning_rate=1e-3, max_train_steps=2, disc_start=1, mixed_precision="no",
+                  gradient_checkpointing=True, checkpointing_steps=1, device="cpu")
+    pm.execute_notebook(str(EXAMPLES / "train_vae.ipynb"), str(tmp_path / "train_vae-run.ipynb"), kernel_name="python3",
+                        language="python", parameters=params, progress_bar=False, cwd=str(tmp_path))
+    summary = json_load(tmp_path / "run" / "summary.json")
+    assert summary["steps"] == 2 and [e["step"] for e in summary["evals"]] == [0, 1, 2]
+    assert (tmp_path / "run" / "vae" / "config.json").is_file()
