@@ -19,19 +19,43 @@ from .lora import add_lora, save_lora
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'MODE_CHANNELS', 'ACCELERATE_CONFIGS', 'TrainConfig', 'load_config', 'training_schedule', 'sample_timesteps',
-           'flow_matching_loss', 'model_inputs', 'make_optimizer', 'make_lr_scheduler', 'make_accelerator',
-           'training_data', 'run_validation', 'train', 'accelerate_config', 'main']
+__all__ = ['logger', 'MODE_CHANNELS', 'ACCELERATE_CONFIGS', 'RunConfig', 'TrainConfig', 'read_config', 'load_config',
+           'training_schedule', 'sample_timesteps', 'flow_matching_loss', 'model_inputs', 'make_optimizer',
+           'make_lr_scheduler', 'make_accelerator', 'training_data', 'run_validation', 'save_run_checkpoint', 'train',
+           'accelerate_config', 'config_main', 'main']
 
 # %% ../nbs/12_train.ipynb #c72169f1
 MODE_CHANNELS = {"t2v": 16, "inpaint": 33, "control": 48}
 
 @dataclass
-class TrainConfig:
-    "Everything a training run needs; field names follow the original's flags where there is one."
-    # model and output
+class RunConfig:
+    "The fields every trainer shares (optimisation, accelerate, checkpoints, logging); defaults are the original's DiT ones."
+    output_dir: str = "outputs/train" # checkpoints, logs and the final weights
+    learning_rate: float = 2e-5
+    lr_scheduler: str = "constant" # a diffusers `get_scheduler` name; "constant" warms up first when lr_warmup_steps > 0
+    lr_warmup_steps: int = 100
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 5e-2
+    adam_epsilon: float = 1e-10
+    use_8bit_adam: bool = False # bitsandbytes AdamW8bit
+    max_grad_norm: float = 0.05 # gradient clipping (0 turns it off)
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no" # "no", "bf16" or "fp16"
+    gradient_checkpointing: bool = False
+    max_train_steps: int = 1000 # optimisation steps
+    seed: int = 42
+    checkpointing_steps: int = 100 # 0: only at the end
+    keep_last: int|None = 3 # checkpoints to keep (None: all)
+    resume: str|None = None # "latest" or a checkpoint folder; None starts fresh
+    report_to: str = "auto" # "tensorboard", "none" or "auto" (tensorboard when installed); a JSONL log is always written
+    device: str|None = None # "cpu" forces the CPU; None: what accelerate picks
+
+@dataclass
+class TrainConfig(RunConfig):
+    "Everything a DiT training run needs; field names follow the original's flags where there is one."
+    # model
     model_dir: str = "" # model folder (either layout); its transformer is trained
-    output_dir: str = "outputs/train" # checkpoints, logs, validation videos and the final weights
     train_mode: str|None = None # "t2v", "inpaint" or "control"; None: from the model's in_channels
     lora_rank: int = 0 # > 0: train a LoRA of this rank instead of all weights
     lora_alpha: float|None = None # None: = rank
@@ -53,31 +77,14 @@ class TrainConfig:
     num_workers: int = 0 # DataLoader worker processes
     max_sequence_length: int = 256 # text tokens (the pipeline's default; keep it so training matches inference)
     noise_aug_strength: float = NOISE_AUG_STRENGTH # InP: noise on the kept pixels, as the pipeline
-    # optimisation
-    learning_rate: float = 2e-5
-    lr_scheduler: str = "constant" # a diffusers `get_scheduler` name; "constant" warms up first when lr_warmup_steps > 0
-    lr_warmup_steps: int = 100
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 5e-2
-    adam_epsilon: float = 1e-10
-    use_8bit_adam: bool = False # bitsandbytes AdamW8bit
-    max_grad_norm: float = 0.05 # gradient clipping (0 turns it off)
-    gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no" # "no", "bf16" or "fp16"
-    gradient_checkpointing: bool = False
+    # EMA and the timestep density
     use_ema: bool = False # keep an EMA of the trained weights (saved as the final weights)
     ema_decay: float = 0.9999
     weighting_scheme: str = "none" # timestep density / loss weight: none (uniform), logit_normal, mode, cosmap, sigma_sqrt
     logit_mean: float = 0.0
     logit_std: float = 1.0
     mode_scale: float = 1.29
-    max_train_steps: int = 1000 # optimisation steps
-    seed: int = 42
-    # checkpoints, validation, logging
-    checkpointing_steps: int = 100 # 0: only at the end
-    keep_last: int|None = 3 # checkpoints to keep (None: all)
-    resume: str|None = None # "latest" or a checkpoint folder; None starts fresh
+    # validation videos
     validation_steps: int = 0 # render `validation_prompts` every N steps (0: never)
     validation_prompts: list = field(default_factory=list)
     validation_num_frames: int = 9
@@ -86,27 +93,31 @@ class TrainConfig:
     validation_inference_steps: int = 25
     validation_guidance: float = 6.0
     validation_seed: int = 0
-    report_to: str = "auto" # "tensorboard", "none" or "auto" (tensorboard when installed); a JSONL log is always written
-    device: str|None = None # "cpu" forces the CPU; None: what accelerate picks
+
+def read_config(cls:type, # a `RunConfig` dataclass
+                config=None, # an instance, a dict, or a JSON file
+                overrides:dict|None=None, what:str="training") -> RunConfig:
+    "A `cls` from any of the accepted forms with `overrides` applied; unknown keys and bad shared fields raise `InputError`."
+    if isinstance(config, (str, Path)):
+        p = Path(config)
+        if not p.is_file(): raise InputError(f"The {what} config {p} does not exist.")
+        config = json.loads(p.read_text())
+    d = asdict(config) if isinstance(config, cls) else dict(config or {})
+    d.update(overrides or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    if bad := sorted(set(d) - names): raise InputError(f"Unknown {what} config keys {bad}; valid keys: {sorted(names)}.")
+    c = cls(**d)
+    if c.mixed_precision not in ("no", "bf16", "fp16"): raise InputError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {c.mixed_precision!r}.")
+    if c.gradient_accumulation_steps < 1 or c.max_train_steps < 1: raise InputError("gradient_accumulation_steps and max_train_steps must be >= 1.")
+    return c
 
 def load_config(config:TrainConfig|dict|str|Path|None=None, # a config, a dict, or a JSON file
                 **overrides) -> TrainConfig:
     "A `TrainConfig` from any of the accepted forms, with `overrides` applied; unknown keys raise `InputError`."
-    if isinstance(config, (str, Path)):
-        p = Path(config)
-        if not p.is_file(): raise InputError(f"Training config {p} does not exist.")
-        config = json.loads(p.read_text())
-    d = asdict(config) if isinstance(config, TrainConfig) else dict(config or {})
-    d.update(overrides)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    bad = sorted(set(d) - names)
-    if bad: raise InputError(f"Unknown training config keys {bad}; valid keys: {sorted(names)}.")
-    c = TrainConfig(**d)
+    c = read_config(TrainConfig, config, overrides)
     if c.train_mode not in (None, *MODE_CHANNELS): raise InputError(f"train_mode must be one of {list(MODE_CHANNELS)} or None, got {c.train_mode!r}.")
-    if c.mixed_precision not in ("no", "bf16", "fp16"): raise InputError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {c.mixed_precision!r}.")
     if c.weighting_scheme not in ("none", "logit_normal", "mode", "cosmap", "sigma_sqrt"):
         raise InputError(f"weighting_scheme must be none, logit_normal, mode, cosmap or sigma_sqrt; got {c.weighting_scheme!r}.")
-    if c.gradient_accumulation_steps < 1 or c.max_train_steps < 1: raise InputError("gradient_accumulation_steps and max_train_steps must be >= 1.")
     if not c.use_cached_latents and not c.dataset_json: raise InputError("Set dataset_json (or use_cached_latents with cache_dir).")
     if c.use_cached_latents and not c.cache_dir: raise InputError("use_cached_latents needs cache_dir (a build_latent_cache folder).")
     check_frames(c.num_frames, what="training clip (num_frames)")
@@ -282,6 +293,13 @@ def run_validation(pipe, c:TrainConfig, step:int, device) -> list[Path]:
     finally: tr.train(was_training)
     return out
 
+def save_run_checkpoint(acc, out:Path, step:int, sampler, batches_done:int, # the run's position in its data
+                        state:dict, keep_last:int|None):
+    "`save_checkpoint` with every process's data-order state (so `resume` continues with the same batches); all processes call it."
+    from accelerate.utils import gather_object
+    samplers = gather_object([sampler.state_dict(batches_done=batches_done)])
+    return save_checkpoint(acc, out, step, dict(state, sampler=samplers), keep_last=keep_last)
+
 def _write_jsonl(path:Path, rec:dict):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f: f.write(json.dumps(rec) + "\n")
@@ -379,10 +397,8 @@ def train(config:TrainConfig|dict|str|Path, # the run; see `TrainConfig`
             acc.log({"loss": loss_val, "lr": rec["lr"]}, step=step)
             if step % 10 == 0 or step == 1: say(f"step {step}/{c.max_train_steps} loss {loss_val:.4f} lr {rec['lr']:.2e}")
             if (c.checkpointing_steps and step % c.checkpointing_steps == 0) or step == c.max_train_steps:
-                from accelerate.utils import gather_object
-                samplers = gather_object([sampler.state_dict(batches_done=batches_done)])
-                save_checkpoint(acc, out, step, dict(epoch=epoch, sampler=samplers, losses=losses, skipped=_skipped(ds),
-                                                     mode=mode, lora_rank=c.lora_rank), keep_last=c.keep_last)
+                save_run_checkpoint(acc, out, step, sampler, batches_done, dict(epoch=epoch, losses=losses, skipped=_skipped(ds),
+                                                                                 mode=mode, lora_rank=c.lora_rank), c.keep_last)
             if c.validation_steps and c.validation_prompts and step % c.validation_steps == 0 and acc.is_main_process:
                 run_validation(pipe, c, step, acc.device)
             if step >= c.max_train_steps: break
@@ -425,21 +441,28 @@ def _parse_value(s:str):
     try: return json.loads(s)
     except json.JSONDecodeError: return s
 
-def main(argv:list[str]|None=None) -> int:
-    "Console entry point: `--config cfg.json` plus `--<field> value` overrides; prints the summary's last loss."
-    p = argparse.ArgumentParser(prog="easyanimate train", description="Train the EasyAnimate transformer (SFT or LoRA).")
-    p.add_argument("--config", default=None, help="a JSON file of TrainConfig fields")
-    for f in dataclasses.fields(TrainConfig):
-        p.add_argument(f"--{f.name}", type=_parse_value, default=argparse.SUPPRESS)
+def config_main(cls:type, # the run's `RunConfig` dataclass: each field becomes a `--field value` flag (values read as JSON)
+                run, # run(config, **overrides) -> summary dict
+                summarize, # summary -> the dict printed as one JSON line
+                prog:str, description:str, argv:list[str]|None=None) -> int:
+    "A trainer's console entry point: `--config cfg.json` plus overrides; user errors print one line and exit 2."
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", default=None, help="a JSON file of the config's fields")
+    for f in dataclasses.fields(cls): p.add_argument(f"--{f.name}", type=_parse_value, default=argparse.SUPPRESS)
     args = vars(p.parse_args(argv))
     cfg = args.pop("config", None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try: r = train(cfg or {}, **args)
+    try: r = run(cfg or {}, **args)
     except EasyAnimateError as e:
-        print(f"easyanimate train: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({k: r[k] for k in ("steps", "final_loss", "skipped", "output")}))
+    print(json.dumps(summarize(r)))
     return 0
+
+def main(argv:list[str]|None=None) -> int:
+    "Console entry point: `--config cfg.json` plus `--<field> value` overrides; prints the summary's last loss."
+    return config_main(TrainConfig, train, lambda r: {k: r[k] for k in ("steps", "final_loss", "skipped", "output")},
+                       "easyanimate train", "Train the EasyAnimate transformer (SFT or LoRA).", argv)
 
 # %% ../nbs/12_train.ipynb #7cd0642c
 if __name__ == "__main__" and "ipykernel" not in sys.modules and "execnb" not in sys.modules:
