@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['logger', 'MODE_CHANNELS', 'ACCELERATE_CONFIGS', 'RunConfig', 'TrainConfig', 'read_config', 'load_config',
            'training_schedule', 'sample_timesteps', 'flow_matching_loss', 'model_inputs', 'make_optimizer',
-           'make_lr_scheduler', 'make_accelerator', 'training_data', 'run_validation', 'save_run_checkpoint', 'train',
-           'accelerate_config', 'config_main', 'main']
+           'make_lr_scheduler', 'make_accelerator', 'start_run', 'compute_dtype', 'training_data', 'run_validation',
+           'save_run_checkpoint', 'train', 'accelerate_config', 'config_main', 'main']
 
 # %% ../nbs/12_train.ipynb #c72169f1
 MODE_CHANNELS = {"t2v": 16, "inpaint": 33, "control": 48}
@@ -233,7 +233,19 @@ def make_accelerator(c # a `TrainConfig` (or any config with its accelerate, out
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
                        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
 
-def _weight_dtype(c:TrainConfig) -> torch.dtype:
+def start_run(c, # a `RunConfig`
+              log=print # progress lines; None for silence
+             ) -> tuple:
+    "A run's `(accelerator, say, output folder)`: `say` logs on the main process only; the folder exists; torch is seeded."
+    acc = make_accelerator(c)
+    say = log if (acc.is_main_process and log) else (lambda *a: None)
+    out = Path(c.output_dir)
+    if acc.is_main_process: out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(c.seed)
+    return acc, say, out
+
+def compute_dtype(c) -> torch.dtype:
+    "The dtype of the frozen weights and of autocast: bf16 / fp16 under mixed precision, else float32."
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.mixed_precision, torch.float32)
 
 def _trainable_only_checkpoints(acc, model):
@@ -310,13 +322,9 @@ def train(config:TrainConfig|dict|str|Path, # the run; see `TrainConfig`
          ) -> dict:
     "Train the transformer of `config.model_dir` on `config.dataset_json`; returns a summary dict."
     c = load_config(config, **overrides)
-    acc = make_accelerator(c)
-    say = (log if acc.is_main_process and log else (lambda *a: None))
-    out = Path(c.output_dir)
-    if acc.is_main_process: out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(c.seed)
+    acc, say, out = start_run(c, log)
     # 1. Components from the model folder (the pipeline's loader: either layout)
-    wdtype = _weight_dtype(c)
+    wdtype = compute_dtype(c)
     pipe = load_pipeline(c.model_dir, device="cpu", dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     tr = pipe.transformer
