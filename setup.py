@@ -32,7 +32,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['easyanimate', 'easyanimate.*']),
     include_package_data=True,
-    package_data={'easyanimate': ['assets/**/*', 'models/**/*']},
+    package_data={'easyanimate': ['assets/**/*', 'models/**/*', 'demo_model/**/*']},
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     python_requires='>=' + min_python,

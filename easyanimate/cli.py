@@ -11,7 +11,7 @@ from .core import EasyAnimateError, check_frames, check_size, default_device, de
 from .video_io import read_video, write_video, video_info
 
 # %% auto #0
-__all__ = ['SMALL_VAE_CONFIG', 'psnr', 'vae_roundtrip', 'main']
+__all__ = ['SMALL_VAE_CONFIG', 'psnr', 'vae_roundtrip', 'text_to_video', 'main']
 
 # %% ../nbs/50_cli.ipynb #ac974d84
 SMALL_VAE_CONFIG = dict(block_out_channels=[32, 64, 64, 64], norm_num_groups=8)  # same structure as V5.1's, 1/8 the width
@@ -57,6 +57,27 @@ def vae_roundtrip(video:str|Path, # input video file
         f"({seconds:.1f} s on {device}, PSNR {result['psnr_db']} dB)")
     return result
 
+# %% ../nbs/50_cli.ipynb #9c2ea2e4
+def text_to_video(prompt:str, # what to generate (English or Chinese)
+                  out:str|Path="outputs/t2v.mp4", # where to write the video (mp4; a single frame as .png)
+                  model:str|Path|None=None, # model folder (either layout); None: the demo model shipped in the package
+                  negative_prompt:str|None=None, frames:int|None=None, height:int|None=None, width:int|None=None,
+                  steps:int|None=None, guidance:float|None=None, # None: the model's defaults (see above)
+                  seed:int=0, device:str|None=None, memory_mode:str|None=None, log=print) -> dict:
+    "Generate a video from `prompt` and write it to `out`; returns the path, the frame shape, the seed and the time."
+    from easyanimate.pipeline import load_pipeline
+    from easyanimate.shapes import model_and_settings
+    folder, settings = model_and_settings(model, negative_prompt=negative_prompt, num_frames=frames, height=height,
+                                          width=width, num_inference_steps=steps, guidance_scale=guidance)
+    t0 = time.time()
+    pipe = load_pipeline(folder, device=device, memory_mode=memory_mode)
+    result = pipe(prompt, seed=seed, progress=False, **settings)
+    path = result.save(out)
+    seconds = time.time() - t0
+    log(f"{path}: {result.frames.shape[0]} frames at {result.frames.shape[2]}x{result.frames.shape[1]}, seed {result.seed}, "
+        f"{seconds:.1f} s on {pipe.device} ({'demo model' if model is None else folder})")
+    return dict(out=Path(path), shape=tuple(result.frames.shape), seed=result.seed, seconds=seconds)
+
 # %% ../nbs/50_cli.ipynb #f9ed97a7
 def main(argv:list[str]|None=None) -> int:
     "The `easyanimate` console command."
@@ -70,6 +91,15 @@ def main(argv:list[str]|None=None) -> int:
     r.add_argument("--stride", type=int, default=1)
     r.add_argument("--height", type=int, default=None); r.add_argument("--width", type=int, default=None)
     r.add_argument("--device", default=None); r.add_argument("--tiling", action="store_true")
+    t = sub.add_parser("t2v", help="generate a video from a prompt (default model: the demo model in the package)")
+    t.add_argument("prompt", help="what to generate (English or Chinese)")
+    t.add_argument("--out", default="outputs/t2v.mp4", help="where to write the video (mp4)")
+    t.add_argument("--model", default=None, help="model folder (either layout); default: the shipped demo model")
+    t.add_argument("--negative-prompt", default=None)
+    for flag, kind in (("--frames", int), ("--height", int), ("--width", int), ("--steps", int), ("--guidance", float)):
+        t.add_argument(flag, type=kind, default=None, help="default: the model's own")
+    t.add_argument("--seed", type=int, default=0); t.add_argument("--device", default=None)
+    t.add_argument("--memory-mode", default=None, help="an offload mode for large models (see the offload chapter)")
     # `train` hands every argument after it to the trainer's own parser (one field = one flag, see `easyanimate.train`)
     sub.add_parser("train", add_help=False, help="train the transformer (SFT or LoRA): --config cfg.json --<field> value ...")
     args, rest = p.parse_known_args(argv)
@@ -81,6 +111,9 @@ def main(argv:list[str]|None=None) -> int:
         if args.command == "vae-roundtrip":
             vae_roundtrip(args.video, args.out, args.vae, args.frames, args.stride, args.height, args.width,
                           args.device, args.tiling)
+        elif args.command == "t2v":
+            text_to_video(args.prompt, args.out, args.model, args.negative_prompt, args.frames, args.height, args.width,
+                          args.steps, args.guidance, args.seed, args.device, args.memory_mode)
     except EasyAnimateError as e:
         print(f"easyanimate: error: {e}", file=sys.stderr)
         return 2

@@ -26,8 +26,8 @@ __all__ = ['logger', 'VIDEO_SUFFIXES', 'IMAGE_SUFFIXES', 'DEFAULT_MASK_WEIGHTS',
            'load_dataset_json', 'check_entries', 'toy_video', 'make_toy_dataset', 'frame_plan', 'clip_indices',
            'bucket_for', 'bucket_tokens', 'make_mask', 'random_mask', 'SkippedSample', 'sample_generator',
            'text_dropped', 'VideoDataset', 'AspectBucketBatchSampler', 'collate_samples', 'make_dataloader',
-           'set_loader_epoch', 'vae_scale', 'encode_latents', 'encode_inpaint_latents', 'build_latent_cache',
-           'CachedLatentDataset']
+           'set_loader_epoch', 'vae_scale', 'encode_latents', 'encode_inpaint_latents', 'prefetched',
+           'build_latent_cache', 'CachedLatentDataset']
 
 # %% ../nbs/10_data.ipynb #2b31bf3e
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif", ".m4v"}
@@ -666,6 +666,22 @@ def _cache_config(dataset, vae, variants, store_std, noise_aug_strength, dtype) 
                 vae=hashlib.sha1(vcfg.encode()).hexdigest()[:16],
                 files=hashlib.sha1(json.dumps([s["file_path"] for s in dataset.samples]).encode()).hexdigest()[:16])
 
+def prefetched(fn:Callable, # called on each item (in threads)
+               items:list, workers:int=4, # threads (0: call in this thread, one at a time)
+               ahead:int|None=None # results computed ahead of the consumer (default 2 x workers), bounding memory
+              ):
+    "`fn(item)` for each item, in order, computed by `workers` threads at most `ahead` items ahead."
+    if workers <= 0:
+        yield from map(fn, items); return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers) as ex:
+        pending = deque()
+        for item in items:
+            pending.append(ex.submit(fn, item))
+            if len(pending) > (ahead or 2 * workers): yield pending.popleft().result()
+        while pending: yield pending.popleft().result()
+
 def build_latent_cache(dataset:VideoDataset, # a scanned dataset (its text dropout is ignored here)
                        vae, # the VAE (on the device to encode with)
                        text, # a function texts -> (embeds, mask), or a (text_encoder, tokenizer) pair
@@ -675,7 +691,8 @@ def build_latent_cache(dataset:VideoDataset, # a scanned dataset (its text dropo
                        noise_aug_strength:float=NOISE_AUG_STRENGTH, # inpaint: noise on the kept pixels
                        dtype:torch.dtype=torch.float32, # dtype of the stored tensors
                        overwrite:bool=False, # rebuild a cache made with other settings
-                       progress:bool=True # a tqdm bar
+                       progress:bool=True, # a tqdm bar
+                       read_workers:int=4 # threads decoding the next samples while the models encode (0: none)
                       ) -> Path:
     "Encode every sample (x `variants`) with the VAE and the text encoder into `cache_dir`; returns the index path."
     from tqdm.auto import tqdm
@@ -701,13 +718,15 @@ def build_latent_cache(dataset:VideoDataset, # a scanned dataset (its text dropo
         _atomic_save(dict(prompt_embeds=cast(e[0]), prompt_attention_mask=m[0]), cache_dir / "empty_prompt.safetensors")
     records, skipped = [], []
     jobs = [(v, i) for v in range(variants) for i in range(len(dataset))]
+    todo = [(v, i) for v, i in jobs if not (cache_dir / f"{i:07d}_{v}.safetensors").exists()]
+    loaded = prefetched(lambda job: dataset.get(job[1], epoch=job[0], drop_text=False), todo, read_workers)
     for v, i in tqdm(jobs, disable=not progress, desc="caching latents"):
         s = dataset.samples[i]
         name = f"{i:07d}_{v}.safetensors"
         rec = dict(index=i, variant=v, file=name, file_path=s["file_path"], text=s["text"], type=s["type"],
                    bucket=list(s["bucket"]))
         if (cache_dir / name).exists(): records.append(rec); continue
-        x = dataset.get(i, epoch=v, drop_text=False)
+        x = next(loaded)
         if isinstance(x, SkippedSample):
             dataset.note_skipped([x]); skipped.append([x.path, x.reason]); continue
         g = sample_generator(dataset.seed, v, i, stream=2)

@@ -295,7 +295,7 @@ def train_reward_lora(config:RewardTrainConfig|dict|str|Path, log=print, reward:
         rewards.append(mean_r)
         if acc.is_main_process: _write_jsonl(log_path, dict(step=step, reward=mean_r, lr=sched.get_last_lr()[0], seconds=round(time.time() - t0, 3)))
         acc.log({"reward": mean_r}, step=step)
-        if step % 10 == 0 or step == 1: say(f"step {step}/{c.max_train_steps} reward {mean_r:.4f}")
+        if step % c.logging_steps == 0 or step == 1: say(f"step {step}/{c.max_train_steps} reward {mean_r:.4f}")
         if (c.checkpointing_steps and step % c.checkpointing_steps == 0) or step == c.max_train_steps:
             save_checkpoint(acc, out, step, dict(rewards=rewards), keep_last=c.keep_last)
     # 4. The LoRA file (loads with `pipe.load_lora` like any other)

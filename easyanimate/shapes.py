@@ -17,8 +17,9 @@ __all__ = ['COLOURS', 'SHAPES', 'MOTIONS', 'SIZE_CHANGES', 'ZH', 'BACKGROUNDS', 
            'ZH_SIZE', 'EN_OBJECT', 'ZH_OBJECT', 'DEMO_MAX_SEQUENCE_LENGTH', 'DEMO_TEXT_CONFIG', 'DEMO_VAE_CONFIG',
            'DEMO_TRANSFORMER_CONFIG', 'DEMO_GENERATION', 'is_held_out', 'ShapeSpec', 'ClipSpec', 'render_clip',
            'caption', 'random_object', 'sample_clip', 'write_dataset', 'colour_masks', 'score_video', 'scorer_accuracy',
-           'caption_corpus', 'make_demo_tokenizer', 'make_demo_text_encoder', 'demo_model_dir', 'evaluation_prompts',
-           'evaluate', 'summarise', 'markdown_table']
+           'caption_corpus', 'make_demo_tokenizer', 'make_demo_text_encoder', 'demo_model_dir', 'model_and_settings',
+           'latent_scaling_factor', 'assemble_demo_model', 'evaluation_prompts', 'evaluate', 'summarise',
+           'markdown_table']
 
 # %% ../nbs/16_shapes.ipynb #11b02d3b
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
@@ -168,26 +169,40 @@ def sample_clip(seed:int, # clip seed: the same seed gives the same clip
         objects.append(o)
     return ClipSpec(objects, rng.choice(list(BACKGROUNDS)), height, width, num_frames, seed)
 
-# %% ../nbs/16_shapes.ipynb #c0e0e0e2
+# %% ../nbs/16_shapes.ipynb #a90c15a1
+def _write_clip(job:tuple) -> dict:
+    "Render and write clip `i` of a dataset; its dataset entry (a top-level function so worker processes can run it)."
+    from easyanimate.video_io import write_video
+    root, i, seed, p_two, num_frames, height, width = job
+    spec = sample_clip(seed * 1_000_003 + i, p_two, False, num_frames, height, width)
+    rel = f"videos/{i:05d}.mp4"
+    write_video(Path(root) / rel, render_clip(spec), fps=8, crf=12)
+    return {"file_path": rel, "text": caption(spec.objects, "en" if i % 2 == 0 else "zh", seed=spec.seed), "type": "video",
+            "objects": [asdict(o) for o in spec.objects], "background": spec.background}
+
 def write_dataset(root:str|Path, # output folder (created)
                   num_clips:int=1000, # number of clips
                   seed:int=0, # clip i uses seed `seed * 1_000_003 + i`
                   num_frames:int=17, height:int=128, width:int=128,
                   p_two:float=0.2, # fraction of two-object clips
+                  workers:int=1, # processes rendering clips in parallel
                   progress:bool=False) -> Path:
     "Render `num_clips` training clips (no held-out combinations) to mp4 and write `dataset.json`; returns its path."
-    from easyanimate.video_io import write_video
+    import multiprocessing as mp  # fork: workers inherit the loaded modules (spawn re-imports the caller's __main__)
     root = Path(root); (root / "videos").mkdir(parents=True, exist_ok=True)
-    items, it = [], range(num_clips)
+    jobs = [(str(root), i, seed, p_two, num_frames, height, width) for i in range(num_clips)]
+    bar = None
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(it, desc="clips")
-    for i in it:
-        spec = sample_clip(seed * 1_000_003 + i, p_two, False, num_frames, height, width)
-        rel = f"videos/{i:05d}.mp4"
-        write_video(root / rel, render_clip(spec), fps=8, crf=12)
-        items.append({"file_path": rel, "text": caption(spec.objects, "en" if i % 2 == 0 else "zh", seed=spec.seed), "type": "video",
-                      "objects": [asdict(o) for o in spec.objects], "background": spec.background})
+        bar = tqdm(total=num_clips, desc="clips")
+    def collect(results):
+        for r in results:
+            if bar is not None: bar.update()
+            yield r
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool: items = list(collect(pool.imap(_write_clip, jobs, chunksize=16)))
+    else: items = list(collect(map(_write_clip, jobs)))
+    if bar is not None: bar.close()
     tmp = root / "dataset.json.partial"
     tmp.write_text(json.dumps(items, ensure_ascii=False, indent=1)); tmp.replace(root / "dataset.json")
     return root / "dataset.json"
@@ -316,8 +331,50 @@ def demo_model_dir() -> Path:
     d = Path(__file__).parent / "demo_model"
     if not (d / "model_index.json").is_file():
         raise WeightsError(f"The demo model is not at {d}: reinstall the package, or train it with "
-                           "nbs/examples/train_demo.ipynb and copy its output folder there.")
+                           "nbs/examples/train_demo_vae.ipynb and train_demo_transformer.ipynb and copy the model folder there.")
     return d
+
+def model_and_settings(model_dir:str|Path|None=None, # a model folder; None: the demo model
+                       **chosen # generation settings (`num_frames`, `height` ...); None ones take the defaults
+                      ) -> tuple[Path, dict]:
+    "The folder to load and the settings to generate with: `DEMO_GENERATION` for the demo model, the pipeline's defaults otherwise."
+    folder = demo_model_dir() if model_dir is None else Path(model_dir)
+    return folder, {**(DEMO_GENERATION if model_dir is None else {}), **{k: v for k, v in chosen.items() if v is not None}}
+
+# %% ../nbs/16_shapes.ipynb #6e86007e
+@torch.no_grad()
+def latent_scaling_factor(vae, # a trained `AutoencoderKLMagvit`
+                          dataset_json:str|Path, # clips to measure on (paths relative to the JSON's folder)
+                          n:int=64 # clips used
+                         ) -> float:
+    "`1 / std` of the VAE's unscaled posterior means over the first `n` clips of a dataset."
+    from easyanimate.video_io import read_video
+    dataset_json = Path(dataset_json)
+    entries = json.loads(dataset_json.read_text())[:n]
+    p = next(vae.parameters())
+    latents = [vae.encode(read_video(dataset_json.parent / e["file_path"]).to(p.device, p.dtype)).latent_dist.mode().float()
+               for e in entries]
+    return float(1.0 / torch.cat(latents).std())
+
+def assemble_demo_model(path:str|Path, # model folder to write (created)
+                        vae_dir:str|Path, # the trained VAE (a `save_pretrained` folder)
+                        dataset_json:str|Path, # training clips, to measure the latent scale on
+                        seed:int=0 # seed of the text encoder and of the untrained transformer
+                       ) -> Path:
+    "Write a demo model folder: trained VAE (with its measured scaling factor), demo tokenizer, random text encoder, untrained transformer."
+    from easyanimate.testing import make_tiny_model_folder, make_tiny_scheduler
+    from easyanimate.vae import AutoencoderKLMagvit
+    from easyanimate.transformer import EasyAnimateTransformer3DModel
+    path = Path(path)
+    tokenizer = make_demo_tokenizer(path / "tokenizer")
+    vae = AutoencoderKLMagvit.from_pretrained(vae_dir).eval()
+    vae.register_to_config(scaling_factor=round(latent_scaling_factor(vae, dataset_json), 4))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = EasyAnimateTransformer3DModel(**DEMO_TRANSFORMER_CONFIG)
+    components = dict(tokenizer=tokenizer, text_encoder=make_demo_text_encoder(len(tokenizer), seed), vae=vae,
+                      scheduler=make_tiny_scheduler(), transformer=transformer)
+    return make_tiny_model_folder(path, components=components)
 
 # %% ../nbs/16_shapes.ipynb #dbacf61d
 def evaluation_prompts(n_seen:int|None=None, # seen combinations (default: as many as held-out ones)

@@ -54,6 +54,11 @@ def make_tiny_tokenizer(path:str|Path|None=None, # folder to save it in; a fresh
     return Qwen2Tokenizer.from_pretrained(path)
 
 # %% ../nbs/90_testing.ipynb #49f6c1a7
+def _mrope_section(head_dim:int) -> list[int]:
+    "Qwen2-VL's rotary split over (time, height, width): the sections sum to half the head dim, as [16, 24, 24] does for 128."
+    half = head_dim // 2
+    return [half // 4, half // 4, half - 2 * (half // 4)]
+
 def make_tiny_text_encoder(vocab_size:int, # the tokenizer's `len(tokenizer)`
                            hidden_size:int=32, # width = the transformer's `text_embed_dim`
                            num_layers:int=2,
@@ -64,7 +69,7 @@ def make_tiny_text_encoder(vocab_size:int, # the tokenizer's `len(tokenizer)`
     config = Qwen2VLConfig(
         text_config=dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                          num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-                         rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}, **special),
+                         rope_scaling={"type": "mrope", "mrope_section": _mrope_section(hidden_size // 4)}, **special),
         vision_config=dict(depth=1, embed_dim=16, hidden_size=hidden_size, num_heads=2, mlp_ratio=2),
         image_token_id=vocab_size + 1, video_token_id=vocab_size + 2,  # outside the vocabulary: never in a prompt
         vision_start_token_id=vocab_size + 3, vision_end_token_id=vocab_size + 4, **special)

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 __all__ = ['logger', 'MODE_CHANNELS', 'ACCELERATE_CONFIGS', 'RunConfig', 'TrainConfig', 'read_config', 'load_config',
            'training_schedule', 'sample_timesteps', 'flow_matching_loss', 'model_inputs', 'make_optimizer',
            'make_lr_scheduler', 'make_accelerator', 'start_run', 'compute_dtype', 'training_data', 'run_validation',
-           'save_run_checkpoint', 'train', 'accelerate_config', 'config_main', 'main']
+           'save_run_checkpoint', 'train', 'accelerate_config', 'config_main', 'main', 'plot_losses']
 
 # %% ../nbs/12_train.ipynb #c72169f1
 MODE_CHANNELS = {"t2v": 16, "inpaint": 33, "control": 48}
@@ -48,6 +48,7 @@ class RunConfig:
     checkpointing_steps: int = 100 # 0: only at the end
     keep_last: int|None = 3 # checkpoints to keep (None: all)
     resume: str|None = None # "latest" or a checkpoint folder; None starts fresh
+    logging_steps: int = 10 # a progress line every N steps (and at step 1)
     report_to: str = "auto" # "tensorboard", "none" or "auto" (tensorboard when installed); a JSONL log is always written
     device: str|None = None # "cpu" forces the CPU; None: what accelerate picks
 
@@ -403,7 +404,7 @@ def train(config:TrainConfig|dict|str|Path, # the run; see `TrainConfig`
                        grad_norm=None if grad_norm is None else float(grad_norm), seconds=round(time.time() - t0, 3))
             if acc.is_main_process: _write_jsonl(log_path, rec)
             acc.log({"loss": loss_val, "lr": rec["lr"]}, step=step)
-            if step % 10 == 0 or step == 1: say(f"step {step}/{c.max_train_steps} loss {loss_val:.4f} lr {rec['lr']:.2e}")
+            if step % c.logging_steps == 0 or step == 1: say(f"step {step}/{c.max_train_steps} loss {loss_val:.4f} lr {rec['lr']:.2e}")
             if (c.checkpointing_steps and step % c.checkpointing_steps == 0) or step == c.max_train_steps:
                 save_run_checkpoint(acc, out, step, sampler, batches_done, dict(epoch=epoch, losses=losses, skipped=_skipped(ds),
                                                                                  mode=mode, lora_rank=c.lora_rank), c.keep_last)
@@ -475,3 +476,20 @@ def main(argv:list[str]|None=None) -> int:
 # %% ../nbs/12_train.ipynb #7cd0642c
 if __name__ == "__main__" and "ipykernel" not in sys.modules and "execnb" not in sys.modules:
     sys.exit(main())
+
+# %% ../nbs/12_train.ipynb #699d93c9
+def plot_losses(losses:list[float], # one loss per step, e.g. a trainer summary's `losses`
+                title:str="training loss",
+                window:int|None=None # moving-average window; None: about 2% of the steps
+               ):
+    "A matplotlib figure of the losses per step and their moving average (log scale)."
+    import numpy as np, matplotlib.pyplot as plt
+    losses = np.asarray(losses, dtype=np.float64)
+    window = max(1, window or len(losses) // 50)
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(np.arange(1, len(losses) + 1), losses, alpha=0.3, label="step")
+    ax.plot(np.arange(window, len(losses) + 1), smooth, label=f"mean of {window}")
+    ax.set(xlabel="step", ylabel="loss", title=title, yscale="log"); ax.legend()
+    plt.close(fig)  # shown once, as the cell's value
+    return fig

@@ -44,6 +44,7 @@ class VAETrainConfig(RunConfig):
     random_start: bool = True
     num_workers: int = 0
     # losses
+    reconstruction_loss: str = "l1" # "l1" (the original's) or "l2" (squared error: weighs large misses, e.g. small objects, more)
     kl_weight: float = 1e-6
     perceptual_weight: float = 1.0
     perceptual_dir: str|None = None # folder with torchvision's VGG16 as `vgg16.pth` (LPIPS; needs `pip install lpips torchvision`)
@@ -67,6 +68,7 @@ def load_vae_config(config:VAETrainConfig|dict|str|Path|None=None, **overrides) 
     if not c.dataset_json: raise InputError("Set dataset_json (the dataset JSON of videos / images to train on).")
     if (c.vae_dir is None) == (c.vae_config is None): raise InputError("Set exactly one of vae_dir (fine-tune) and vae_config (from scratch).")
     check_frames(c.num_frames, what="training clip (num_frames)")
+    if c.reconstruction_loss not in ("l1", "l2"): raise InputError(f"reconstruction_loss={c.reconstruction_loss!r}: use \"l1\" or \"l2\".")
     return c
 
 # %% ../nbs/14_train_vae.ipynb #64398ee3
@@ -159,6 +161,11 @@ def _vae_and_trainable(c:VAETrainConfig):
     vae.requires_grad_(True)
     if c.decoder_only: vae.encoder.requires_grad_(False); vae.quant_conv.requires_grad_(False)
     if c.gradient_checkpointing: vae.enable_gradient_checkpointing()
+    # Whole clips per call: autograd keeps every activation anyway, so the inference chunk sizes (which save memory
+    # only without gradients) would just launch several times more kernels, which dominates small VAEs on a GPU.
+    tc, frames = vae.temporal_compression_ratio, c.num_frames
+    vae.set_chunking(encode_chunk=max(tc, -(-(frames - 1) // tc) * tc), decode_chunk=max(1, (frames - 1) // tc),
+                     stream_frames=frames)
     return vae.float().train()
 
 def _eval_clips(c:VAETrainConfig, entries:list) -> list:
@@ -247,7 +254,8 @@ def train_vae(config:VAETrainConfig|dict|str|Path, # the run; see `VAETrainConfi
                     z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(posterior.mean) \
                         if c.sample_posterior else posterior.mode()
                     rec = raw_vae.decode(z).sample
-                rec_loss = (rec.float() - x.float()).abs().mean()
+                diff = rec.float() - x.float()
+                rec_loss = diff.abs().mean() if c.reconstruction_loss == "l1" else diff.square().mean()
                 p_loss = perceptual_loss(lpips_model, x, rec) if lpips_model is not None else rec_loss.new_zeros(())
                 nll = rec_loss + c.perceptual_weight * p_loss
                 kl = 0.5 * (posterior.mean.float() ** 2 + posterior.var.float() - 1 - posterior.logvar.float()).mean()
@@ -278,7 +286,7 @@ def train_vae(config:VAETrainConfig|dict|str|Path, # the run; see `VAETrainConfi
             losses.append(vals[0])
             if acc.is_main_process: _write_jsonl(log_path, rec_d)
             acc.log({k: v for k, v in rec_d.items() if isinstance(v, float)}, step=step)
-            if step % 10 == 0 or step == 1: say(f"step {step}/{c.max_train_steps} loss {vals[0]:.4f} (L1 {vals[1]:.4f})")
+            if step % c.logging_steps == 0 or step == 1: say(f"step {step}/{c.max_train_steps} loss {vals[0]:.4f} ({c.reconstruction_loss} {vals[1]:.4f})")
             if c.eval_steps and step % c.eval_steps == 0 and step != c.max_train_steps and acc.is_main_process: evaluate()
             if (c.checkpointing_steps and step % c.checkpointing_steps == 0) or step == c.max_train_steps:
                 save_run_checkpoint(acc, out, step, sampler, batches_done, dict(epoch=epoch, losses=losses, evals=evals,

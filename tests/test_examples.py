@@ -116,3 +116,35 @@ def test_train_vae_notebook(toy_data, tmp_path):
     summary = json_load(tmp_path / "run" / "summary.json")
     assert summary["steps"] == 2 and [e["step"] for e in summary["evals"]] == [0, 1, 2]
     assert (tmp_path / "run" / "vae" / "config.json").is_file()
+
+
+def test_demo_model_notebooks(tmp_path):
+    """The runs that train the demo model, with tiny settings, then the evaluation notebook on their result. Run 1 goes
+    through tools/run_notebook.py (the in-process runner used on the GPU machine, where papermill is not installed),
+    run 2 and the evaluation through papermill."""
+    import subprocess, sys
+    root = EXAMPLES.parents[1]
+    data, model = tmp_path / "data", tmp_path / "model"
+    run1 = dict(data_dir=data, num_clips=24, render_workers=2, vae_run_dir=tmp_path / "vae_run", model_dir=model,
+                max_train_steps=3, batch_size=2, eval_holdout=4, eval_steps=2, num_workers=0, mixed_precision="no", device="cpu")
+    cmd = [sys.executable, str(root / "tools" / "run_notebook.py"), str(EXAMPLES / "train_demo_vae.ipynb"), str(tmp_path / "vae-run.ipynb")]
+    for k, v in run1.items(): cmd += ["-p", k, str(v)]
+    subprocess.run(cmd, check=True, cwd=tmp_path, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert json_load(tmp_path / "vae_run" / "summary.json")["steps"] == 3
+    assert json_load(model / "vae" / "config.json")["scaling_factor"] > 0
+    recorded = json_load(tmp_path / "vae-run.ipynb")
+    images = [o for c in recorded["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 3  # dataset samples, the loss curve, a reconstruction
+
+    run2 = dict(model_dir=str(model), data_dir=str(data), cache_dir=str(tmp_path / "cache"), run_dir=str(tmp_path / "dit_run"),
+                max_train_steps=3, batch_size=4, num_workers=0, eval_seen=0, eval_limit=2, eval_steps=2, mixed_precision="no", device="cpu")
+    pm.execute_notebook(str(EXAMPLES / "train_demo_transformer.ipynb"), str(tmp_path / "dit-run.ipynb"), kernel_name="python3",
+                        language="python", parameters=run2, progress_bar=False, cwd=str(tmp_path))
+    trained = tmp_path / "dit_run" / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert (model / "transformer" / trained.name).read_bytes() == trained.read_bytes()  # installed in the model folder
+
+    out = pm.execute_notebook(str(EXAMPLES / "evaluate.ipynb"), str(tmp_path / "evaluate-run.ipynb"), kernel_name="python3",
+                              language="python", parameters=dict(model_dir=str(model), seeds=[0], max_prompts=2, steps=2, device="cpu"),
+                              progress_bar=False, cwd=str(tmp_path))
+    text = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    assert "| held-out | en | 1 |" in text and "| held-out | zh | 1 |" in text
