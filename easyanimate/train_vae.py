@@ -49,7 +49,7 @@ class VAETrainConfig(RunConfig):
     perceptual_weight: float = 1.0
     perceptual_dir: str|None = None # folder with torchvision's VGG16 as `vgg16.pth` (LPIPS; needs `pip install lpips torchvision`)
     disc_start: int = 5000 # the discriminator trains and weighs in after this many steps
-    disc_weight: float = 0.5
+    disc_weight: float = 0.5 # 0: no discriminator at all (none is built, trained or checkpointed)
     disc_channels: int = 64
     disc_layers: int = 3
     disc_learning_rate: float|None = None # None: = learning_rate
@@ -202,17 +202,18 @@ def train_vae(config:VAETrainConfig|dict|str|Path, # the run; see `VAETrainConfi
     acc, say, out = start_run(c, log)
     # 1. Models, losses, optimizers (the DiT trainer's optimizer and schedule)
     vae = _vae_and_trainable(c)
-    disc = PatchDiscriminator3D(3, c.disc_channels, c.disc_layers).train()
+    disc = PatchDiscriminator3D(3, c.disc_channels, c.disc_layers).train() if c.disc_weight > 0 else None
     lpips_model = load_perceptual(c.perceptual_dir, acc.device, notify=acc.is_main_process) if c.perceptual_weight > 0 else None
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = make_optimizer(params, c)
-    d_opt = torch.optim.AdamW(disc.parameters(), lr=c.disc_learning_rate or c.learning_rate, betas=(0.5, 0.9))
+    d_opt = torch.optim.AdamW(disc.parameters(), lr=c.disc_learning_rate or c.learning_rate, betas=(0.5, 0.9)) if disc is not None else None
     sched = make_lr_scheduler(opt, c, acc.num_processes)
     # 2. Data: the DiT trainer's dataset / buckets / shards; a held-out set for PSNR / SSIM
     train_entries, eval_entries = _split_entries(c)
     ds, sampler, loader = training_data(c, "t2v", acc, entries=train_entries)
     eval_clips = _eval_clips(c, eval_entries) if acc.is_main_process else []
-    vae, disc, opt, d_opt, sched = acc.prepare(vae, disc, opt, d_opt, sched)
+    if disc is None: vae, opt, sched = acc.prepare(vae, opt, sched)
+    else: vae, disc, opt, d_opt, sched = acc.prepare(vae, disc, opt, d_opt, sched)
     raw_vae = acc.unwrap_model(vae)
     last_layer = raw_vae.decoder.conv_out.weight
     # 3. Resume
@@ -236,7 +237,7 @@ def train_vae(config:VAETrainConfig|dict|str|Path, # the run; see `VAETrainConfi
         say(f"step {step}: held-out PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}")
     if step == 0 and acc.is_main_process: evaluate()
     say(f"Training the VAE ({'decoder only' if c.decoder_only else 'encoder and decoder'}): {sum(p.numel() for p in params):,} "
-        f"trainable parameters, {len(ds)} samples, discriminator from step {c.disc_start + 1}.")
+        f"trainable parameters, {len(ds)} samples, " + (f"discriminator from step {c.disc_start + 1}." if disc is not None else "no discriminator."))
     # 4. Loop
     micro, parts, t0 = 0, [], time.time()
     while step < c.max_train_steps:
@@ -246,9 +247,9 @@ def train_vae(config:VAETrainConfig|dict|str|Path, # the run; see `VAETrainConfi
             if batch.get("skipped"): ds.note_skipped(batch["skipped"])
             if batch.get("size", 1) == 0: continue
             x = batch["pixel_values"].to(acc.device)
-            disc_on = step >= c.disc_start
+            disc_on = disc is not None and step >= c.disc_start
             g = sample_generator(c.seed, step, micro, stream=2000 + acc.process_index)
-            with acc.accumulate(vae, disc):
+            with acc.accumulate(*[m for m in (vae, disc) if m is not None]):
                 with acc.autocast():
                     posterior = raw_vae.encode(x).latent_dist
                     z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(posterior.mean) \
