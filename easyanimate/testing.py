@@ -55,7 +55,7 @@ def make_tiny_tokenizer(path:str|Path|None=None, # folder to save it in; a fresh
 
 # %% ../nbs/90_testing.ipynb #49f6c1a7
 def _mrope_section(head_dim:int) -> list[int]:
-    "Qwen2-VL's rotary split over (time, height, width): the sections sum to half the head dim, as [16, 24, 24] does for 128."
+    "Qwen2-VL's rotary sections over (time, height, width) for `head_dim`: they must sum to half of it (the 7B uses [16, 24, 24] for 128)."
     half = head_dim // 2
     return [half // 4, half // 4, half - 2 * (half // 4)]
 

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 __all__ = ['logger', 'MODE_CHANNELS', 'ACCELERATE_CONFIGS', 'RunConfig', 'TrainConfig', 'read_config', 'load_config',
            'training_schedule', 'sample_timesteps', 'flow_matching_loss', 'model_inputs', 'make_optimizer',
            'make_lr_scheduler', 'make_accelerator', 'start_run', 'compute_dtype', 'training_data', 'run_validation',
-           'save_run_checkpoint', 'train', 'accelerate_config', 'config_main', 'main', 'plot_losses']
+           'save_run_checkpoint', 'train', 'plot_losses', 'accelerate_config', 'config_main', 'main']
 
 # %% ../nbs/12_train.ipynb #c72169f1
 MODE_CHANNELS = {"t2v": 16, "inpaint": 33, "control": 48}
@@ -434,6 +434,23 @@ def train(config:TrainConfig|dict|str|Path, # the run; see `TrainConfig`
     acc.end_training()
     return summary
 
+# %% ../nbs/12_train.ipynb #699d93c9
+def plot_losses(losses:list[float], # one loss per step, e.g. a trainer summary's `losses`
+                title:str="training loss",
+                window:int|None=None # moving-average window; None: about 2% of the steps
+               ):
+    "A matplotlib figure of the losses per step and their moving average (log scale)."
+    import numpy as np, matplotlib.pyplot as plt
+    losses = np.asarray(losses, dtype=np.float64)
+    window = max(1, window or len(losses) // 50)
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(np.arange(1, len(losses) + 1), losses, alpha=0.3, label="step")
+    ax.plot(np.arange(window, len(losses) + 1), smooth, label=f"mean of {window}")
+    ax.set(xlabel="step", ylabel="loss", title=title, yscale="log"); ax.legend()
+    plt.close(fig)  # shown once, as the cell's value
+    return fig
+
 # %% ../nbs/12_train.ipynb #21780b29
 ACCELERATE_CONFIGS = {"multi_gpu": "multi_gpu.yaml", "zero2": "deepspeed_zero2.yaml", "zero3": "deepspeed_zero3.yaml",
                       "fsdp": "fsdp.yaml"}
@@ -476,20 +493,3 @@ def main(argv:list[str]|None=None) -> int:
 # %% ../nbs/12_train.ipynb #7cd0642c
 if __name__ == "__main__" and "ipykernel" not in sys.modules and "execnb" not in sys.modules:
     sys.exit(main())
-
-# %% ../nbs/12_train.ipynb #699d93c9
-def plot_losses(losses:list[float], # one loss per step, e.g. a trainer summary's `losses`
-                title:str="training loss",
-                window:int|None=None # moving-average window; None: about 2% of the steps
-               ):
-    "A matplotlib figure of the losses per step and their moving average (log scale)."
-    import numpy as np, matplotlib.pyplot as plt
-    losses = np.asarray(losses, dtype=np.float64)
-    window = max(1, window or len(losses) // 50)
-    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot(np.arange(1, len(losses) + 1), losses, alpha=0.3, label="step")
-    ax.plot(np.arange(window, len(losses) + 1), smooth, label=f"mean of {window}")
-    ax.set(xlabel="step", ylabel="loss", title=title, yscale="log"); ax.legend()
-    plt.close(fig)  # shown once, as the cell's value
-    return fig

@@ -7,10 +7,9 @@
 #
 # Call from the repo root with carry [".whl"] (stage 2 also [".demo_stage"] when the machine went cold between the
 # calls: put stage 1's returned model_stage1.tgz.* into .demo_stage/ first, ignored by git). A VAE stage cut off by
-# STAGE_LIMIT (default 540 s) sends back its last checkpoint as vae_checkpoint.tgz.*: put those in .demo_stage/ and
-# run the stage again with `-p resume latest`. (That checkpoint, ~27 MB, and the wheels, ~60 MB, exceed the 64 MiB a
-# call may carry together, so a resume works on a machine still warm from the cut-off call, which keeps /tmp/site and
-# outputs/; on a cold one, lower max_train_steps instead.)
+# STAGE_LIMIT (default 540 s) leaves checkpoints every 300 steps: call the stage again with `-p resume latest` while the
+# machine is still warm (it keeps /tmp/site and outputs/). A checkpoint (~27 MB) cannot travel to a cold machine beside
+# the ~60 MB of wheels (64 MiB a call), so there lower max_train_steps instead.
 #   bash tools/train_demo_on_device.sh vae
 #   bash tools/train_demo_on_device.sh transformer
 # SKIP_INSTALL=1 skips the wheel install (a machine that has the packages). Notebook parameters can follow the stage name as extra `-p name value` pairs.
@@ -24,14 +23,9 @@ OUT=${OUT:-outputs/device_out}; mkdir -p "$OUT" outputs/demo
 pack() { tar czf - -C outputs/demo "$@" | split -b 15M - "$OUT/$name.tgz."; }
 case $stage in
   vae)
-    # A resumed run (`-p resume latest`) on a fresh machine starts from the checkpoint sent back by the cut-off call.
-    if [ -d .demo_stage ] && [ ! -d outputs/demo/vae_run ]; then cat .demo_stage/vae_checkpoint.tgz.* | tar xzf - -C outputs/demo; fi
     timeout "${STAGE_LIMIT:-540}" python3 tools/run_notebook.py nbs/examples/train_demo_vae.ipynb "$OUT/train_demo_vae.ipynb" "$@" 2>&1 | grep -v Warning
     if [ -f outputs/demo/model/model_index.json ]; then name=model_stage1; pack model vae_run/summary.json
-    else  # cut off by the time limit: send back the last checkpoint, to go on with `-p resume latest`
-      last=$(ls -d outputs/demo/vae_run/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1)
-      [ -n "$last" ] && { name=vae_checkpoint; pack "vae_run/$(basename "$last")"; }
-    fi ;;
+    else echo "cut off before the model folder was written: on this warm machine, run again with -p resume latest"; fi ;;
   transformer)
     if [ ! -f outputs/demo/model/model_index.json ]; then
       cat .demo_stage/model_stage1.tgz.* | tar xzf - -C outputs/demo || { echo "no stage-1 model: run the vae stage first"; exit 1; }
