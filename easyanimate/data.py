@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib, json, logging, math, os, tempfile, warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 import numpy as np
@@ -26,7 +27,7 @@ __all__ = ['logger', 'VIDEO_SUFFIXES', 'IMAGE_SUFFIXES', 'DEFAULT_MASK_WEIGHTS',
            'load_dataset_json', 'check_entries', 'toy_video', 'make_toy_dataset', 'frame_plan', 'clip_indices',
            'bucket_for', 'bucket_tokens', 'make_mask', 'random_mask', 'SkippedSample', 'sample_generator',
            'text_dropped', 'VideoDataset', 'AspectBucketBatchSampler', 'collate_samples', 'make_dataloader',
-           'set_loader_epoch', 'vae_scale', 'encode_latents', 'encode_inpaint_latents', 'prefetched',
+           'set_loader_epoch', 'vae_scale', 'encode_latents', 'encode_inpaint_latents', 'read_samples',
            'build_latent_cache', 'CachedLatentDataset']
 
 # %% ../nbs/10_data.ipynb #2b31bf3e
@@ -666,21 +667,23 @@ def _cache_config(dataset, vae, variants, store_std, noise_aug_strength, dtype) 
                 vae=hashlib.sha1(vcfg.encode()).hexdigest()[:16],
                 files=hashlib.sha1(json.dumps([s["file_path"] for s in dataset.samples]).encode()).hexdigest()[:16])
 
-def prefetched(fn:Callable, # called on each item (in threads)
-               items:list, workers:int=4, # threads (0: call in this thread, one at a time)
-               ahead:int|None=None # results computed ahead of the consumer (default 2 x workers), bounding memory
-              ):
-    "`fn(item)` for each item, in order, computed by `workers` threads at most `ahead` items ahead."
+class _Jobs(torch.utils.data.Dataset):
+    "`fn(item)` for each of `items`, as a map-style dataset for a DataLoader."
+    def __init__(self, fn, items): self.fn, self.items = fn, items
+    def __len__(self): return len(self.items)
+    def __getitem__(self, k): return self.fn(self.items[k])
+
+def _as_is(x): return x
+
+def _read_job(dataset, job): return dataset.get(job[1], epoch=job[0], drop_text=False)
+
+def read_samples(fn:Callable, # called on each item (in worker processes: it must be picklable, e.g. a bound method)
+                 items:list, workers:int=4 # processes (0: call in this process, one at a time)
+                ):
+    "`fn(item)` for each item, in order, computed `workers` processes ahead of the consumer."
     if workers <= 0:
         yield from map(fn, items); return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(workers) as ex:
-        pending = deque()
-        for item in items:
-            pending.append(ex.submit(fn, item))
-            if len(pending) > (ahead or 2 * workers): yield pending.popleft().result()
-        while pending: yield pending.popleft().result()
+    yield from torch.utils.data.DataLoader(_Jobs(fn, items), batch_size=None, collate_fn=_as_is, num_workers=workers, prefetch_factor=4)
 
 def build_latent_cache(dataset:VideoDataset, # a scanned dataset (its text dropout is ignored here)
                        vae, # the VAE (on the device to encode with)
@@ -692,7 +695,7 @@ def build_latent_cache(dataset:VideoDataset, # a scanned dataset (its text dropo
                        dtype:torch.dtype=torch.float32, # dtype of the stored tensors
                        overwrite:bool=False, # rebuild a cache made with other settings
                        progress:bool=True, # a tqdm bar
-                       read_workers:int=4 # threads decoding the next samples while the models encode (0: none)
+                       read_workers:int=4 # processes decoding the next samples while the models encode (0: none)
                       ) -> Path:
     "Encode every sample (x `variants`) with the VAE and the text encoder into `cache_dir`; returns the index path."
     from tqdm.auto import tqdm
@@ -719,7 +722,7 @@ def build_latent_cache(dataset:VideoDataset, # a scanned dataset (its text dropo
     records, skipped = [], []
     jobs = [(v, i) for v in range(variants) for i in range(len(dataset))]
     todo = [(v, i) for v, i in jobs if not (cache_dir / f"{i:07d}_{v}.safetensors").exists()]
-    loaded = prefetched(lambda job: dataset.get(job[1], epoch=job[0], drop_text=False), todo, read_workers)
+    loaded = iter(read_samples(partial(_read_job, dataset), todo, read_workers))
     for v, i in tqdm(jobs, disable=not progress, desc="caching latents"):
         s = dataset.samples[i]
         name = f"{i:07d}_{v}.safetensors"

@@ -6,7 +6,9 @@
 #   stage 2 (`transformer`): cache latents, train the transformer, install it, quick check        (~6 min)
 #
 # Call from the repo root with carry [".whl"] (stage 2 also [".demo_stage"] when the machine went cold between the
-# calls: put stage 1's returned model_stage1.tgz.* into .demo_stage/ first, ignored by git). A VAE stage cut off by
+# calls: pack stage 1's returned folder without its untrained transformer, which is rebuilt from the seed, into
+# .demo_stage/model_stage1.tgz.*, ignored by git; wheels of packages the device image already has, such as matplotlib,
+# stay out of .whl to keep the carry under 64 MiB). A VAE stage cut off by
 # STAGE_LIMIT (default 540 s) leaves checkpoints every 300 steps: call the stage again with `-p resume latest` while the
 # machine is still warm (it keeps /tmp/site and outputs/). A checkpoint (~27 MB) cannot travel to a cold machine beside
 # the ~60 MB of wheels (64 MiB a call), so there lower max_train_steps instead.
@@ -27,8 +29,11 @@ case $stage in
     if [ -f outputs/demo/model/model_index.json ]; then name=model_stage1; pack model vae_run/summary.json
     else echo "cut off before the model folder was written: on this warm machine, run again with -p resume latest"; fi ;;
   transformer)
-    if [ ! -f outputs/demo/model/model_index.json ]; then
+    if [ ! -f outputs/demo/model/model_index.json ]; then  # a cold machine: stage 1's folder was carried in
       cat .demo_stage/model_stage1.tgz.* | tar xzf - -C outputs/demo || { echo "no stage-1 model: run the vae stage first"; exit 1; }
+    fi
+    if [ ! -d outputs/demo/model/transformer ]; then  # carried without its untrained transformer (to fit 64 MiB): rebuilt from the seed
+      python3 -c "import torch; from easyanimate.shapes import DEMO_TRANSFORMER_CONFIG as c; from easyanimate.transformer import EasyAnimateTransformer3DModel as T; torch.manual_seed(0); T(**c).save_pretrained('outputs/demo/model/transformer')"
     fi
     if [ ! -f outputs/demo/data/dataset.json ]; then  # same seed and count as stage 1 -> the same clips
       python3 -c "from easyanimate.shapes import write_dataset; write_dataset('outputs/demo/data', num_clips=6000, seed=0, workers=16)"
