@@ -5,18 +5,19 @@
 #   stage 1 (`vae`):         render the shapes dataset, train the VAE, assemble the model folder  (~8 min on an H200)
 #   stage 2 (`transformer`): cache latents, train the transformer, install it, quick check        (~6 min)
 #
-# Call from the repo root with carry [".whl"] (stage 2 also [".demo_stage"] when the machine went cold between the
-# calls: pack stage 1's returned folder without its untrained transformer, which is rebuilt from the seed, into
-# .demo_stage/model_stage1.tgz.*, ignored by git; wheels of packages the device image already has, such as matplotlib,
-# stay out of .whl to keep the carry under 64 MiB). A VAE stage cut off by
+# Call from the repo root with carry [".whl"] (wheels of packages the device image already has, such as matplotlib,
+# stay out of .whl: the working tree and the wheels must fit in 64 MiB). Stage 1's result is committed in
+# nbs/examples/_runs/demo_model_stage1/ (the trained VAE, text encoder, tokenizer and scheduler; the untrained
+# transformer is rebuilt from the seed), so stage 2 runs on a cold machine too. A VAE stage cut off by
 # STAGE_LIMIT (default 540 s) leaves checkpoints every 300 steps: call the stage again with `-p resume latest` while the
-# machine is still warm (it keeps /tmp/site and outputs/). A checkpoint (~27 MB) cannot travel to a cold machine beside
-# the ~60 MB of wheels (64 MiB a call), so there lower max_train_steps instead.
+# machine is still warm (it keeps /tmp/site and outputs/).
 #   bash tools/train_demo_on_device.sh vae
 #   bash tools/train_demo_on_device.sh transformer
 # SKIP_INSTALL=1 skips the wheel install (a machine that has the packages). Notebook parameters can follow the stage name as extra `-p name value` pairs.
 # Measured on an H200 (2026-12-03): VAE 0.14-0.22 s/step at batch 16; latent cache ~27 ms/clip read serially (now
-# read by threads); transformer 34 steps/s at batch 64; a cold machine takes ~2 min before the command starts.
+# read by DataLoader worker processes); transformer 34 steps/s at batch 64; a cold machine takes ~2 min before the command starts.
+# The log goes to $OUT as it is written: the device tool returns no output of a command it stops at its limit, but it
+# does return $OUT (twice this session a stage was stopped with nothing to show where its time went).
 set -uo pipefail
 stage=${1:?stage: vae or transformer}; shift
 [ -n "${SKIP_INSTALL:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -25,21 +26,22 @@ OUT=${OUT:-outputs/device_out}; mkdir -p "$OUT" outputs/demo
 pack() { tar czf - -C outputs/demo "$@" | split -b 15M - "$OUT/$name.tgz."; }
 case $stage in
   vae)
-    timeout "${STAGE_LIMIT:-540}" python3 tools/run_notebook.py nbs/examples/train_demo_vae.ipynb "$OUT/train_demo_vae.ipynb" "$@" 2>&1 | grep -v Warning
+    timeout "${STAGE_LIMIT:-540}" python3 tools/run_notebook.py nbs/examples/train_demo_vae.ipynb "$OUT/train_demo_vae.ipynb" "$@" 2>&1 | grep -v Warning | tee "$OUT/vae.log"
     if [ -f outputs/demo/model/model_index.json ]; then name=model_stage1; pack model vae_run/summary.json
     else echo "cut off before the model folder was written: on this warm machine, run again with -p resume latest"; fi ;;
   transformer)
-    if [ ! -f outputs/demo/model/model_index.json ]; then  # a cold machine: stage 1's folder was carried in
-      cat .demo_stage/model_stage1.tgz.* | tar xzf - -C outputs/demo || { echo "no stage-1 model: run the vae stage first"; exit 1; }
+    if [ ! -f outputs/demo/model/model_index.json ]; then  # a cold machine: start from stage 1's committed result
+      mkdir -p outputs/demo/model && cp -r nbs/examples/_runs/demo_model_stage1/. outputs/demo/model/ || exit 1
     fi
-    if [ ! -d outputs/demo/model/transformer ]; then  # carried without its untrained transformer (to fit 64 MiB): rebuilt from the seed
+    if [ ! -d outputs/demo/model/transformer ]; then  # committed without its untrained transformer: rebuilt from the seed
       python3 -c "import torch; from easyanimate.shapes import DEMO_TRANSFORMER_CONFIG as c; from easyanimate.transformer import EasyAnimateTransformer3DModel as T; torch.manual_seed(0); T(**c).save_pretrained('outputs/demo/model/transformer')"
     fi
     if [ ! -f outputs/demo/data/dataset.json ]; then  # same seed and count as stage 1 -> the same clips
       python3 -c "from easyanimate.shapes import write_dataset; write_dataset('outputs/demo/data', num_clips=6000, seed=0, workers=16)"
     fi
-    python3 tools/run_notebook.py nbs/examples/train_demo_transformer.ipynb "$OUT/train_demo_transformer.ipynb" "$@" 2>&1 | grep -v Warning
-    name=model_trained; pack model transformer_run/summary.json ;;
+    timeout "${STAGE_LIMIT:-540}" python3 tools/run_notebook.py nbs/examples/train_demo_transformer.ipynb "$OUT/train_demo_transformer.ipynb" "$@" 2>&1 | grep -v Warning | tee "$OUT/transformer.log"
+    if [ -f outputs/demo/transformer_run/summary.json ]; then name=model_trained; pack model transformer_run/summary.json
+    else echo "cut off before the trained transformer was installed: see $OUT/transformer.log"; fi ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 ls -la "$OUT"; echo "stage $stage: ${SECONDS} s"
