@@ -6,9 +6,10 @@
 #   stage 2 (`transformer`): cache latents, train the transformer, install it, quick check        (~6 min)
 #
 # Call from the repo root with carry [".whl"] (wheels of packages the device image already has, such as matplotlib,
-# stay out of .whl: the working tree and the wheels must fit in 64 MiB). Stage 1's result is committed in
-# nbs/examples/_runs/demo_model_stage1/ (the trained VAE, text encoder, tokenizer and scheduler; the untrained
-# transformer is rebuilt from the seed), so stage 2 runs on a cold machine too. A VAE stage cut off by
+# stay out of .whl: the working tree and the wheels must fit in 64 MiB). Stage 1's trained VAE is committed in
+# nbs/examples/_runs/demo_vae/, and on a cold machine stage 2 assembles the folder around it (`assemble_demo_model`
+# from the same seed: the same tokenizer, text encoder, scaling factor and untrained transformer), so stage 2 needs no
+# stage 1 on the same machine. A VAE stage cut off by
 # STAGE_LIMIT (default 540 s) leaves checkpoints every 300 steps: call the stage again with `-p resume latest` while the
 # machine is still warm (it keeps /tmp/site and outputs/).
 #   bash tools/train_demo_on_device.sh vae
@@ -30,14 +31,11 @@ case $stage in
     if [ -f outputs/demo/model/model_index.json ]; then name=model_stage1; pack model vae_run/summary.json
     else echo "cut off before the model folder was written: on this warm machine, run again with -p resume latest"; fi ;;
   transformer)
-    if [ ! -f outputs/demo/model/model_index.json ]; then  # a cold machine: start from stage 1's committed result
-      mkdir -p outputs/demo/model && cp -r nbs/examples/_runs/demo_model_stage1/. outputs/demo/model/ || exit 1
-    fi
-    if [ ! -d outputs/demo/model/transformer ]; then  # committed without its untrained transformer: rebuilt from the seed
-      python3 -c "import torch; from easyanimate.shapes import DEMO_TRANSFORMER_CONFIG as c; from easyanimate.transformer import EasyAnimateTransformer3DModel as T; torch.manual_seed(0); T(**c).save_pretrained('outputs/demo/model/transformer')"
-    fi
     if [ ! -f outputs/demo/data/dataset.json ]; then  # same seed and count as stage 1 -> the same clips
       python3 -c "from easyanimate.shapes import write_dataset; write_dataset('outputs/demo/data', num_clips=6000, seed=0, workers=16)"
+    fi
+    if [ ! -f outputs/demo/model/model_index.json ]; then  # a cold machine: the folder around stage 1's committed VAE
+      python3 -c "from easyanimate.shapes import assemble_demo_model; assemble_demo_model('outputs/demo/model', 'nbs/examples/_runs/demo_vae', 'outputs/demo/data/dataset.json', seed=0)" || exit 1
     fi
     timeout "${STAGE_LIMIT:-540}" python3 tools/run_notebook.py nbs/examples/train_demo_transformer.ipynb "$OUT/train_demo_transformer.ipynb" "$@" 2>&1 | grep -v Warning | tee "$OUT/transformer.log"
     if [ -f outputs/demo/transformer_run/summary.json ]; then name=model_trained; pack model transformer_run/summary.json
