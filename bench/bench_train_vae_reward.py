@@ -5,7 +5,7 @@
     python bench/bench_train_vae_reward.py --smoke    # CPU, tiny models: proves the script runs (seconds)
 
 Rows (random weights, bf16 autocast, median of --steps after --warmup):
-- `VAE step, L1+KL`: the V5.1 VAE (83 M params), 17 frames at 256x256, batch 1, encode + posterior sample + decode,
+- `VAE step, L1+KL`: the V5.1 VAE config (244 M params), 17 frames at 256x256, batch 1, encode + posterior sample + decode,
   L1 + KL, backward, AdamW (float32 master weights), gradient checkpointing on.
 - `VAE step, + discriminator`: the same plus the 3D patch discriminator's generator loss with the adaptive weight and
   the discriminator's own step (the phase after `disc_start`).

@@ -657,14 +657,23 @@ def _atomic_write_text(path:Path, text:str):
     with os.fdopen(fd, "w", encoding="utf-8") as f: f.write(text)
     os.replace(tmpname, path)
 
-def _cache_config(dataset, vae, variants, store_std, noise_aug_strength, dtype) -> dict:
-    vcfg = json.dumps(dict(getattr(vae, "config", {}) or {}), sort_keys=True, default=str)
+@torch.no_grad()
+def _weights_fingerprint(module) -> str:
+    "A short hash of a module's config and weights (per-tensor sums at 5 digits: the same on any device)."
+    h = hashlib.sha1(json.dumps(dict(getattr(module, "config", {}) or {}), sort_keys=True, default=str).encode())
+    for name, p in module.state_dict().items():
+        h.update(f"{name}{tuple(p.shape)}{float(p.double().sum()):.5g}{float(p.double().abs().sum()):.5g}".encode())
+    return h.hexdigest()[:16]
+
+def _cache_config(dataset, vae, empty_embeds, variants, store_std, noise_aug_strength, dtype) -> dict:
+    # the text encoder may come as a plain function, so it is known by its output for the empty prompt
+    text = hashlib.sha1((empty_embeds.float() * 1000).round().to(torch.int64).numpy().tobytes()).hexdigest()[:16]
     return dict(num_frames=dataset.num_frames, stride=dataset.stride, base_resolution=dataset.base_resolution,
                 image_base_resolution=dataset.image_base_resolution, train_mode=dataset.train_mode, seed=dataset.seed,
                 min_frames=dataset.min_frames, short_policy=dataset.short_policy, random_start=dataset.random_start,
                 mask_weights=dataset.mask_weights, variants=variants, store_std=store_std,
                 noise_aug_strength=noise_aug_strength, dtype=str(dtype).replace("torch.", ""),
-                vae=hashlib.sha1(vcfg.encode()).hexdigest()[:16],
+                vae=_weights_fingerprint(vae), text=text,
                 files=hashlib.sha1(json.dumps([s["file_path"] for s in dataset.samples]).encode()).hexdigest()[:16])
 
 class _Jobs(torch.utils.data.Dataset):
@@ -701,24 +710,24 @@ def build_latent_cache(dataset:VideoDataset, # a scanned dataset (its text dropo
     from tqdm.auto import tqdm
     cache_dir = Path(cache_dir); cache_dir.mkdir(parents=True, exist_ok=True)
     index_path = cache_dir / "index.json"
-    config = _cache_config(dataset, vae, variants, store_std, noise_aug_strength, dtype)
-    cfg_path = cache_dir / "cache_config.json"
-    if cfg_path.exists() and json.loads(cfg_path.read_text()) != config:
-        if not overwrite:
-            raise InputError(f"{cache_dir} holds a cache built with other settings (dataset, frames, VAE ...). "
-                             "Use a new cache_dir, or overwrite=True to rebuild it.")
-        for p in cache_dir.glob("*.safetensors"): p.unlink()
-        index_path.unlink(missing_ok=True)
-    _atomic_write_text(cfg_path, json.dumps(config, indent=1))
     encode_text_fn = _text_fn(text)
     cast = lambda t: t.to(dtype) if t.is_floating_point() else t
 
     def embed(texts):
         e, m = encode_text_fn(texts)
         return e.detach().float().cpu(), m.detach().cpu()
+    empty_embeds, empty_mask = embed([""])
+    config = _cache_config(dataset, vae, empty_embeds, variants, store_std, noise_aug_strength, dtype)
+    cfg_path = cache_dir / "cache_config.json"
+    if cfg_path.exists() and json.loads(cfg_path.read_text()) != config:
+        if not overwrite:
+            raise InputError(f"{cache_dir} holds a cache built with other settings (dataset, frames, VAE, text encoder ...). "
+                             "Use a new cache_dir, or overwrite=True to rebuild it.")
+        for p in cache_dir.glob("*.safetensors"): p.unlink()
+        index_path.unlink(missing_ok=True)
+    _atomic_write_text(cfg_path, json.dumps(config, indent=1))
     if not (cache_dir / "empty_prompt.safetensors").exists():
-        e, m = embed([""])
-        _atomic_save(dict(prompt_embeds=cast(e[0]), prompt_attention_mask=m[0]), cache_dir / "empty_prompt.safetensors")
+        _atomic_save(dict(prompt_embeds=cast(empty_embeds[0]), prompt_attention_mask=empty_mask[0]), cache_dir / "empty_prompt.safetensors")
     records, skipped = [], []
     jobs = [(v, i) for v in range(variants) for i in range(len(dataset))]
     todo = [(v, i) for v, i in jobs if not (cache_dir / f"{i:07d}_{v}.safetensors").exists()]
@@ -762,7 +771,8 @@ class CachedLatentDataset(torch.utils.data.Dataset):
                  cache_dir:str|Path, # a folder written by `build_latent_cache`
                  text_drop_ratio:float=0.1, # probability of the empty prompt's embedding instead of the caption's
                  seed:int|None=None, # text dropout seed; the cache's dataset seed when None
-                 sample_posterior:bool=False # latents = mean + std * noise (needs a cache built with `store_std`)
+                 sample_posterior:bool=False, # latents = mean + std * noise (needs a cache built with `store_std`)
+                 in_memory:bool=False # read every file once, here (small caches: no file reads per step)
                 ):
         self.cache_dir = Path(cache_dir)
         index_path = self.cache_dir / "index.json"
@@ -788,6 +798,7 @@ class CachedLatentDataset(torch.utils.data.Dataset):
         self._load = load_file
         empty = load_file(self.cache_dir / index["empty_prompt"])
         self.empty_embeds, self.empty_mask = empty["prompt_embeds"], empty["prompt_attention_mask"]
+        self._memory = {r["file"]: load_file(self.cache_dir / r["file"]) for r in by.values()} if in_memory else None
         self.epoch = 0
 
     def __len__(self) -> int: return len(self.indices)
@@ -805,7 +816,7 @@ class CachedLatentDataset(torch.utils.data.Dataset):
         if isinstance(k, (tuple, list)): epoch, k = int(k[0]), int(k[1])
         i = self.indices[k]  # the index in the dataset the cache was built from: it seeds the draws, as there
         r = self._rec[(epoch % self.variants, i)]
-        t = self._load(self.cache_dir / r["file"])
+        t = self._memory[r["file"]] if self._memory is not None else self._load(self.cache_dir / r["file"])
         out = {key: val.float() if val.is_floating_point() and key != "prompt_attention_mask" else val for key, val in t.items()}
         if self.sample_posterior:
             g = sample_generator(self.seed, epoch, i, stream=3)

@@ -14,12 +14,12 @@ from .core import InputError, WeightsError
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'MOTIONS', 'SIZE_CHANGES', 'ZH', 'BACKGROUNDS', 'HOLDOUT', 'EN_MOTION', 'EN_SIZE', 'ZH_MOTION',
-           'ZH_SIZE', 'EN_OBJECT', 'ZH_OBJECT', 'DEMO_MAX_SEQUENCE_LENGTH', 'DEMO_TEXT_CONFIG', 'DEMO_VAE_CONFIG',
-           'DEMO_TRANSFORMER_CONFIG', 'DEMO_GENERATION', 'is_held_out', 'ShapeSpec', 'ClipSpec', 'render_clip',
-           'caption', 'random_object', 'sample_clip', 'write_dataset', 'colour_masks', 'score_video', 'scorer_accuracy',
-           'caption_corpus', 'make_demo_tokenizer', 'make_demo_text_encoder', 'demo_model_dir', 'model_and_settings',
-           'latent_scaling_factor', 'assemble_demo_model', 'evaluation_prompts', 'evaluate', 'summarise',
-           'markdown_table']
+           'ZH_SIZE', 'EN_OBJECT', 'ZH_OBJECT', 'DEMO_MAX_SEQUENCE_LENGTH', 'DEMO_TEXT_CONFIG', 'ATTRIBUTES',
+           'DEMO_VAE_CONFIG', 'DEMO_TRANSFORMER_CONFIG', 'DEMO_GENERATION', 'is_held_out', 'ShapeSpec', 'ClipSpec',
+           'render_clip', 'caption', 'random_object', 'sample_clip', 'write_dataset', 'colour_masks', 'score_video',
+           'scorer_accuracy', 'caption_corpus', 'make_demo_tokenizer', 'make_demo_text_encoder', 'caption_attributes',
+           'train_demo_text_encoder', 'demo_model_dir', 'model_and_settings', 'latent_scaling_factor',
+           'assemble_demo_model', 'evaluation_prompts', 'evaluate', 'summarise', 'markdown_table']
 
 # %% ../nbs/16_shapes.ipynb #11b02d3b
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
@@ -317,6 +317,62 @@ def make_demo_text_encoder(vocab_size:int, seed:int=0):
     from easyanimate.testing import make_tiny_text_encoder
     return make_tiny_text_encoder(vocab_size, seed=seed, **DEMO_TEXT_CONFIG)
 
+# %% ../nbs/16_shapes.ipynb #f5b49974
+ATTRIBUTES = list(COLOURS) + list(SHAPES) + list(MOTIONS) + list(SIZE_CHANGES)  # the probe's outputs, in order
+
+def caption_attributes(objects:list # a clip's `ShapeSpec`s
+                      ) -> torch.Tensor:
+    "Multi-hot `(len(ATTRIBUTES),)` of the objects' colours, shapes, motions and size changes."
+    y, offsets = torch.zeros(len(ATTRIBUTES)), np.cumsum([0, len(COLOURS), len(SHAPES), len(MOTIONS)])
+    for o in objects:
+        for off, vocab, v in zip(offsets, (list(COLOURS), SHAPES, MOTIONS, SIZE_CHANGES), (o.colour, o.shape, o.motion, o.size_change)):
+            y[off + vocab.index(v)] = 1
+    return y
+
+def _caption_batch(rng:random.Random, n:int, held_out:bool=False, p_empty:float=0.05) -> tuple[list[str], torch.Tensor]:
+    "`n` captions (random phrasing and language) with their attributes; only held-out objects when `held_out`."
+    texts, ys = [], []
+    while len(texts) < n:
+        if not held_out and rng.random() < p_empty: texts.append(""); ys.append(torch.zeros(len(ATTRIBUTES))); continue
+        objects = sample_clip(rng.randrange(2**31), p_two=0.0 if held_out else 0.3, allow_held_out=held_out).objects
+        if held_out and not is_held_out(objects[0].colour, objects[0].shape, objects[0].motion): continue
+        texts.append(caption(objects, rng.choice(["en", "zh"]), seed=rng.randrange(2**31))); ys.append(caption_attributes(objects))
+    return texts, torch.stack(ys)
+
+def train_demo_text_encoder(text_encoder, # a `make_demo_text_encoder` model (trained in place, returned frozen)
+                            tokenizer, # the demo tokenizer
+                            steps:int=400, batch_size:int=128, learning_rate:float=3e-3,
+                            seed:int=0, # captions, probe initialisation
+                            max_length:int=DEMO_MAX_SEQUENCE_LENGTH) -> dict:
+    "Pre-train the encoder so that every position after a caption names its attributes; loss and held-out probe accuracy."
+    import torch.nn.functional as F
+    from easyanimate.text import tokenize_prompts
+    def states(texts):  # what the transformer reads: hidden_states[-2], RMS-normalised; and the positions after the caption
+        tokens = tokenize_prompts(tokenizer, texts, max_length, warn=False)
+        h = text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True).hidden_states[-2]
+        after = torch.arange(max_length)[None] >= tokens.attention_mask.sum(1, keepdim=True) - 1
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6), after
+    rng = random.Random(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = torch.nn.Linear(text_encoder.config.text_config.hidden_size, len(ATTRIBUTES))
+    language_model = text_encoder.model.language_model
+    opt = torch.optim.AdamW(list(language_model.parameters()) + list(probe.parameters()), lr=learning_rate, weight_decay=0.0)
+    text_encoder.train(); text_encoder.requires_grad_(False); language_model.requires_grad_(True)
+    for _ in range(steps):
+        texts, y = _caption_batch(rng, batch_size)
+        h, after = states(texts)
+        logits = probe(h)
+        loss = F.binary_cross_entropy_with_logits(logits, y[:, None].expand_as(logits), reduction="none").mean(-1)
+        loss = (loss * after).sum() / after.sum()
+        opt.zero_grad(); loss.backward(); opt.step()
+    text_encoder.eval().requires_grad_(False)
+    with torch.no_grad():  # held-out captions: every attribute right at every position after the caption
+        texts, y = _caption_batch(random.Random(seed + 1), 256, held_out=True)
+        h, after = states(texts)
+        exact = ((probe(h) > 0).float() == y[:, None]).all(-1)
+    return dict(loss=loss.item(), held_out_accuracy=float(exact[after].float().mean()))
+
 # %% ../nbs/16_shapes.ipynb #a0ce295c
 DEMO_VAE_CONFIG = dict(block_out_channels=[16, 32, 64, 64], layers_per_block=1, norm_num_groups=8, latent_channels=16)
 DEMO_TRANSFORMER_CONFIG = dict(num_attention_heads=4, attention_head_dim=32, in_channels=16, out_channels=16, patch_size=2,
@@ -359,9 +415,10 @@ def latent_scaling_factor(vae, # a trained `AutoencoderKLMagvit`
 def assemble_demo_model(path:str|Path, # model folder to write (created)
                         vae_dir:str|Path, # the trained VAE (a `save_pretrained` folder)
                         dataset_json:str|Path, # training clips, to measure the latent scale on
-                        seed:int=0 # seed of the text encoder and of the untrained transformer
+                        seed:int=0, # seed of the text encoder (and its pre-training) and of the untrained transformer
+                        text_encoder_steps:int=400 # `train_demo_text_encoder` steps
                        ) -> Path:
-    "Write a demo model folder: trained VAE (with its measured scaling factor), demo tokenizer, random text encoder, untrained transformer."
+    "Write a demo model folder: trained VAE (with its measured scaling factor), demo tokenizer, pre-trained text encoder, untrained transformer."
     from easyanimate.testing import make_tiny_model_folder, make_tiny_scheduler
     from easyanimate.vae import AutoencoderKLMagvit
     from easyanimate.transformer import EasyAnimateTransformer3DModel
@@ -372,7 +429,9 @@ def assemble_demo_model(path:str|Path, # model folder to write (created)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = EasyAnimateTransformer3DModel(**DEMO_TRANSFORMER_CONFIG)
-    components = dict(tokenizer=tokenizer, text_encoder=make_demo_text_encoder(len(tokenizer), seed), vae=vae,
+    text_encoder = make_demo_text_encoder(len(tokenizer), seed)
+    train_demo_text_encoder(text_encoder, tokenizer, steps=text_encoder_steps, seed=seed)
+    components = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
                       scheduler=make_tiny_scheduler(), transformer=transformer)
     return make_tiny_model_folder(path, components=components)
 

@@ -67,6 +67,7 @@ class TrainConfig(RunConfig):
     dataset_root: str|None = None # folder for relative paths (default: the JSON's folder)
     use_cached_latents: bool = False # read latents and text embeddings from `cache_dir` (see `data.build_latent_cache`)
     cache_dir: str|None = None
+    cache_in_memory: bool = False # hold the whole cache in RAM (small latents, e.g. the demo's: no file reads per step)
     num_frames: int = 49 # frames per clip (4k+1)
     stride: int = 3 # frame stride
     base_resolution: int = 256 # video bucket base size
@@ -264,7 +265,7 @@ def training_data(c, # a `TrainConfig` (or any config with its data fields)
                  ):
     "Dataset, bucket batch sampler (one shard per process) and DataLoader of a run; shared by every trainer."
     if getattr(c, "use_cached_latents", False):
-        ds = CachedLatentDataset(c.cache_dir, text_drop_ratio=c.text_drop_ratio, seed=c.seed)
+        ds = CachedLatentDataset(c.cache_dir, text_drop_ratio=c.text_drop_ratio, seed=c.seed, in_memory=getattr(c, "cache_in_memory", False))
         if ds.train_mode != mode: raise InputError(f"The cache in {c.cache_dir} was built for train_mode {ds.train_mode!r}, the model needs {mode!r}.")
     else:
         ds = VideoDataset(c.dataset_json if entries is None else entries, c.dataset_root, num_frames=c.num_frames,
