@@ -318,15 +318,13 @@ def make_demo_text_encoder(vocab_size:int, seed:int=0):
     return make_tiny_text_encoder(vocab_size, seed=seed, **DEMO_TEXT_CONFIG)
 
 # %% ../nbs/16_shapes.ipynb #f5b49974
-ATTRIBUTES = list(COLOURS) + list(SHAPES) + list(MOTIONS) + list(SIZE_CHANGES)  # the probe's outputs, in order
+ATTRIBUTES = list(COLOURS) + list(SHAPES) + list(MOTIONS) + list(SIZE_CHANGES)  # the probe's outputs (no name repeats)
 
 def caption_attributes(objects:list # a clip's `ShapeSpec`s
                       ) -> torch.Tensor:
     "Multi-hot `(len(ATTRIBUTES),)` of the objects' colours, shapes, motions and size changes."
-    y, offsets = torch.zeros(len(ATTRIBUTES)), np.cumsum([0, len(COLOURS), len(SHAPES), len(MOTIONS)])
-    for o in objects:
-        for off, vocab, v in zip(offsets, (list(COLOURS), SHAPES, MOTIONS, SIZE_CHANGES), (o.colour, o.shape, o.motion, o.size_change)):
-            y[off + vocab.index(v)] = 1
+    y = torch.zeros(len(ATTRIBUTES))
+    for o in objects: y[[ATTRIBUTES.index(v) for v in (o.colour, o.shape, o.motion, o.size_change)]] = 1
     return y
 
 def _caption_batch(rng:random.Random, n:int, held_out:bool=False, p_empty:float=0.05) -> tuple[list[str], torch.Tensor]:
@@ -351,7 +349,7 @@ def train_demo_text_encoder(text_encoder, # a `make_demo_text_encoder` model (tr
         tokens = tokenize_prompts(tokenizer, texts, max_length, warn=False)
         h = text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True).hidden_states[-2]
         after = torch.arange(max_length)[None] >= tokens.attention_mask.sum(1, keepdim=True) - 1
-        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6), after
+        return F.rms_norm(h, h.shape[-1:], eps=1e-6), after
     rng = random.Random(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
