@@ -366,6 +366,7 @@ def train(config:TrainConfig|dict|str|Path, # the run; see `TrainConfig`
     if ckpt is not None:
         state = load_checkpoint(acc, ckpt, strict=c.lora_rank == 0)
         step, losses = state["step"], list(state["losses"])
+        if ema is not None: ema.to(acc.device)  # accelerate restores custom objects on the CPU
         sampler.load_state_dict(state["sampler"][acc.process_index])
         if hasattr(ds, "note_skipped"): ds.note_skipped([tuple(s) for s in state.get("skipped", [])])
         say(f"Resumed from {ckpt} at step {step}.")

@@ -50,3 +50,18 @@ def test_cli_main_command(tmp_path):
     assert main(["t2v", "a yellow square moves up", "--out", str(out), "--steps", "10"]) == 0
     info = video_info(out)
     assert (info["frames"], info["width"], info["height"]) == (17, 128, 128)
+
+
+def test_t2v_example_defaults_to_the_demo_model(tmp_path):
+    "The t2v example notebook with no model folder uses the demo model and its settings (17 frames at 128x128)."
+    import papermill as pm
+    from easyanimate.video_io import read_video
+    out = tmp_path / "t2v.mp4"
+    pm.execute_notebook(str(Path(__file__).resolve().parents[1] / "nbs/examples/t2v.ipynb"), str(tmp_path / "t2v-run.ipynb"),
+                        kernel_name="python3", language="python", progress_bar=False, cwd=str(tmp_path),
+                        parameters=dict(prompt="a red triangle moves to the right", seed=0, device="cpu", output_path=str(out)))
+    video = read_video(out)  # (1, 3, F, H, W) in [-1, 1]
+    assert tuple(video.shape[2:]) == (17, 128, 128)
+    frames = ((video[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+    got = score_video(frames)
+    assert (got["colour"], got["motion"]) == ("red", "right"), got

@@ -4,8 +4,15 @@ lent GPU machine; elsewhere `papermill` does the same. The overrides become a ce
 
     python tools/run_notebook.py nbs/examples/train_demo_vae.ipynb out.ipynb -p max_train_steps 100 -p device cpu
 """
-import argparse, ast, json, sys, time
+import argparse, ast, io, json, sys, time
 from pathlib import Path
+
+
+class _EchoingStringIO(io.StringIO):
+    "What a cell prints is kept for the saved notebook and shown at once in the log (a run cut off by a limit still shows its progress)."
+    def write(self, s):
+        sys.__stdout__.write(s); sys.__stdout__.flush()
+        return super().write(s)
 
 
 def _value(text:str):
@@ -21,6 +28,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from execnb.nbio import read_nb, write_nb, mk_cell
     from execnb.shell import CaptureShell
+    import IPython.utils.capture
+    IPython.utils.capture.StringIO = _EchoingStringIO  # the buffers execnb captures cell output into
     nb = read_nb(args.notebook)
     where = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
     if where is None and args.p: sys.exit(f"{args.notebook} has no cell tagged 'parameters' to override.")
@@ -34,7 +43,7 @@ def main(argv=None) -> int:
         tmp = out.with_name(out.name + ".partial"); write_nb(nb, tmp); tmp.replace(out)
     shell, t0 = CaptureShell(), time.time()
     shell.run_cell("%matplotlib inline")
-    try: shell.run_all(nb, exc_stop=True, postproc=save, verbose=True)  # stop at the first error, as papermill does
+    try: shell.run_all(nb, exc_stop=True, postproc=save)  # stop at the first error, as papermill does
     except Exception as e: print(f"{args.notebook}: {type(e).__name__}: {e}", file=sys.stderr)
     finally: save()
     failed = [i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]

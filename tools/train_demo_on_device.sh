@@ -3,20 +3,23 @@
 # sending back what it made (the tool returns at most 8 files of 16 MiB from $OUT, so folders travel as split .tgz).
 #
 #   stage 1 (`vae`):         render the shapes dataset, train the VAE, assemble the model folder  (~8 min on an H200)
-#   stage 2 (`transformer`): cache latents, train the transformer, install it, quick check        (~15 min: two calls)
+#   stage 2 (`transformer`): cache latents, train the transformer, install it, quick check        (~20 min: three calls)
 #
 # Call from the repo root with carry [".whl"] (wheels of packages the device image already has, such as matplotlib,
 # stay out of .whl: the working tree and the wheels must fit in 64 MiB). Stage 1's trained VAE is committed in
 # nbs/examples/_runs/demo_vae/, and on a cold machine stage 2 assembles the folder around it (`assemble_demo_model`
 # from the same seed: the same tokenizer, text encoder, scaling factor and untrained transformer), so stage 2 needs no
 # stage 1 on the same machine. A stage cut off by
-# STAGE_LIMIT (default 540 s) leaves checkpoints (VAE every 300 steps, transformer every 2000): call the stage again with
+# STAGE_LIMIT (default 540 s) leaves checkpoints (VAE every 300 steps, transformer every 1000): call the stage again with
 # `-p resume latest` while the machine is still warm (it keeps /tmp/site and outputs/).
 #   bash tools/train_demo_on_device.sh vae
 #   bash tools/train_demo_on_device.sh transformer
-# SKIP_INSTALL=1 skips the wheel install (a machine that has the packages). Notebook parameters can follow the stage name as extra `-p name value` pairs.
+# SKIP_INSTALL=1 skips the wheel install (a machine that has the packages). INIT_TRANSFORMER=folder starts stage 2 from
+# trained weights instead of the untrained transformer (e.g. easyanimate/demo_model/transformer: more training of the
+# shipped model, with a fresh optimiser). Notebook parameters can follow the stage name as extra `-p name value` pairs.
 # Measured on an H200 (2026-12-03): VAE 0.14-0.22 s/step at batch 16; latent cache ~27 ms/clip read serially, ~50 ms
-# with DataLoader reader processes; transformer 14.7-34 steps/s at batch 64 (bench/RESULTS.md); a cold machine takes
+# with DataLoader reader processes; transformer 14.7-34 steps/s at batch 64, ~10 steps/s at batch 256
+# (bench/RESULTS.md); a cold machine takes
 # ~2-3 min before the command starts, and assembling the folder pre-trains the demo text encoder (400 small steps).
 # The log goes to $OUT as it is written: the device tool returns no output of a command it stops at its limit, but it
 # does return $OUT (twice this session a stage was stopped with nothing to show where its time went).
@@ -37,6 +40,10 @@ case $stage in
     fi
     if [ ! -f outputs/demo/model/model_index.json ]; then  # a cold machine: the folder around stage 1's committed VAE
       python3 -c "from easyanimate.shapes import assemble_demo_model; assemble_demo_model('outputs/demo/model', 'nbs/examples/_runs/demo_vae', 'outputs/demo/data/dataset.json', seed=0)" || exit 1
+    fi
+    if [ -n "${INIT_TRANSFORMER:-}" ] && [ -z "$(find outputs/demo/transformer_run -name 'checkpoint-*' -print -quit 2>/dev/null)" ]; then
+      rm -rf outputs/demo/model/transformer && cp -r "$INIT_TRANSFORMER" outputs/demo/model/transformer || exit 1
+      echo "starting from the transformer in $INIT_TRANSFORMER"
     fi
     timeout "${STAGE_LIMIT:-540}" python3 tools/run_notebook.py nbs/examples/train_demo_transformer.ipynb "$OUT/train_demo_transformer.ipynb" "$@" 2>&1 | grep --line-buffered -v Warning | tee "$OUT/transformer.log"
     if [ -f outputs/demo/transformer_run/summary.json ]; then name=model_trained; pack model transformer_run/summary.json
