@@ -65,3 +65,19 @@ def test_t2v_example_defaults_to_the_demo_model(tmp_path):
     frames = ((video[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
     got = score_video(frames)
     assert (got["colour"], got["motion"]) == ("red", "right"), got
+
+
+def test_readme_main_command(tmp_path):
+    "The `easyanimate ...` part of the README's first command, run as written through the installed console script."
+    import re, shlex, shutil, subprocess
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    first = re.search(r"```sh\n(.*?)\n```", readme, re.S).group(1)
+    command = shlex.split(first.split("&& ")[-1])
+    assert command[:2] == ["easyanimate", "t2v"], f"the README's main command changed: {command}"
+    exe = shutil.which("easyanimate")
+    if exe is None: pytest.skip("the easyanimate console script is not on PATH (package not installed with pip)")
+    subprocess.run([exe, *command[1:]], cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    out = tmp_path / command[command.index("--out") + 1]
+    from easyanimate.video_io import video_info
+    info = video_info(out)
+    assert (info["frames"], info["width"], info["height"]) == (17, 128, 128)
