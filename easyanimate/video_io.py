@@ -35,6 +35,11 @@ def resize_center_crop(video:torch.Tensor, # (..., H, W) float tensor, e.g. (B, 
     return x.reshape(*lead, height, width).to(video.dtype)
 
 # %% ../nbs/01_video_io.ipynb #8f162931
+# PyAV 17+ converts pixel formats with a pool of swscale threads; a forked process (a DataLoader or Pool worker) inherits
+# that pool without its threads and waits on it forever (seen with av 18.1.1). One thread per conversion cannot hang;
+# decoding and encoding stay threaded.
+_SWS = {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
+
 def _open(path):
     path = Path(path)
     if not path.is_file(): raise MediaReadError(f"{path}: no such file.")
@@ -67,7 +72,7 @@ def read_frames(path, # a video file
             c.streams.video[0].thread_type = "AUTO"
             for i, frame in enumerate(c.decode(video=0)):
                 if i < start or (i - start) % stride: continue
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(frame.to_ndarray(format="rgb24", **_SWS))
                 if num_frames is not None and len(frames) == num_frames: break
     except av.FFmpegError as e:
         raise MediaReadError(f"{path}: decoding failed after {len(frames)} frames ({e}). The file may be truncated or corrupt.") from e
@@ -146,7 +151,7 @@ def write_video(path, # destination .mp4
             s = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
             s.options = {"crf": str(crf)}
-            for f in frames: c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            for f in frames: c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format=s.pix_fmt, **_SWS)))
             c.mux(s.encode())
     return Path(path)
 
