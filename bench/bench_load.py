@@ -79,7 +79,7 @@ def load(folder: Path, loader: str, target: str) -> dict:
     dev = {p.device.type for p in model.parameters()}
     assert dev == {torch.device(target).type}, f"{loader} left parameters on {dev}, not {target}"
     assert checksum == checksum, "a weight is NaN"
-    return dict(loader=loader, target=target, seconds=round(seconds, 1), touch_seconds=round(touch_seconds, 1),
+    return dict(loader=loader, target=target, seconds=round(seconds, 1), touch_seconds=round(touch_seconds, 1), checksum=checksum,
                 peak_rss_gib=round(s.rss / 2**20, 2), peak_anon_gib=round(s.anon / 2**20, 2),
                 vmhwm_gib=round(status_kib("VmHWM") / 2**20, 2), before_anon_gib=round(base["anon"] / 2**20, 2),
                 gpu_gib=round(torch.cuda.max_memory_allocated() / GiB, 2) if target != "cpu" else None)
