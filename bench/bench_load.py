@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse, json, os, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import easyanimate from the repo root
-GiB = 2**30
-SMOKE_CONFIG = dict(num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16, patch_size=2,
-                    num_layers=2, mmdit_layers=2, time_embed_dim=32, text_embed_dim=48, add_norm_text_encoder=True)
+from bench_speed import GiB, SMOKE_CONFIG  # the same tiny config as the speed benchmark's --smoke (it puts the repo on sys.path)
 
 
 def status_kib(field: str) -> int:
@@ -34,13 +31,11 @@ def status_kib(field: str) -> int:
 class PeakSampler:
     "Samples RssAnon and VmRSS of this process every `interval` seconds in a thread; the peaks are kept."
     def __init__(self, interval: float = 0.01): self.interval, self.anon, self.rss, self._stop = interval, 0, 0, threading.Event()
+    def _sample(self): self.anon, self.rss = max(self.anon, status_kib("RssAnon")), max(self.rss, status_kib("VmRSS"))
     def _run(self):
-        while not self._stop.is_set():
-            self.anon, self.rss = max(self.anon, status_kib("RssAnon")), max(self.rss, status_kib("VmRSS"))
-            time.sleep(self.interval)
+        while not self._stop.is_set(): self._sample(); time.sleep(self.interval)
     def __enter__(self): self._t = threading.Thread(target=self._run, daemon=True); self._t.start(); return self
-    def __exit__(self, *exc): self._stop.set(); self._t.join(); self._run_once()
-    def _run_once(self): self.anon, self.rss = max(self.anon, status_kib("RssAnon")), max(self.rss, status_kib("VmRSS"))
+    def __exit__(self, *exc): self._stop.set(); self._t.join(); self._sample()
 
 
 def write_checkpoint(folder: Path, smoke: bool, layers: int | None = None):
@@ -78,7 +73,6 @@ def load(folder: Path, loader: str, target: str) -> dict:
         touch_seconds = time.time() - t0 - seconds
     dev = {p.device.type for p in model.parameters()}
     assert dev == {torch.device(target).type}, f"{loader} left parameters on {dev}, not {target}"
-    assert checksum == checksum, "a weight is NaN"
     return dict(loader=loader, target=target, seconds=round(seconds, 1), touch_seconds=round(touch_seconds, 1), checksum=checksum,
                 peak_rss_gib=round(s.rss / 2**20, 2), peak_anon_gib=round(s.anon / 2**20, 2),
                 vmhwm_gib=round(status_kib("VmHWM") / 2**20, 2), before_anon_gib=round(base["anon"] / 2**20, 2),
@@ -89,7 +83,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny config on CPU")
     ap.add_argument("--layers", type=int, default=None, help="the 12B config with this many blocks (of 48): a machine with too little RAM for all")
-    ap.add_argument("--dir", default=None, help="where the checkpoint is written (default: a temporary folder, removed after)")
+    ap.add_argument("--dir", default=None, help="folder for the checkpoint (default: the system's temporary folder); it is removed after")
     ap.add_argument("--loaders", nargs="*", default=["ours", "diffusers"], choices=["ours", "diffusers"])
     ap.add_argument("--targets", nargs="*", default=None, help="default: cpu, and cuda where there is one")
     ap.add_argument("--out", default=None, help="JSON path (default $OUT/bench_load.json, else bench/results/bench_load.json)")
@@ -102,8 +96,9 @@ def main(argv=None):
 
     import torch, diffusers, transformers
     targets = a.targets or (["cpu", "cuda"] if torch.cuda.is_available() and not a.smoke else ["cpu"])
-    tmp = tempfile.TemporaryDirectory(prefix="bench-load-", dir=a.dir) if a.dir is None or Path(a.dir).is_dir() else None
-    folder = Path(tmp.name if tmp else a.dir) / "transformer"
+    if a.dir: Path(a.dir).mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.TemporaryDirectory(prefix="bench-load-", dir=a.dir)
+    folder = Path(tmp.name) / "transformer"
     res = dict(date=time.strftime("%Y-%m-%d"), torch=torch.__version__, diffusers=diffusers.__version__,
                transformers=transformers.__version__, smoke=a.smoke, layers=a.layers or (None if a.smoke else 48), host_ram_gib=round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB, 1),
                device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", loads=[])
@@ -119,7 +114,7 @@ def main(argv=None):
             else: row = json.loads(p.stdout.strip().splitlines()[-1])
             res["loads"].append(row); print(row, flush=True); save()
     print(table(res))
-    if tmp: tmp.cleanup()
+    tmp.cleanup()
     return 0
 
 
