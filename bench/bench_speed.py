@@ -13,8 +13,9 @@ is skipped and says so, and the JSON is rewritten after every section, so a part
   memory    a whole generation (N steps + VAE decode, text encoder excluded: embeddings given) through the pipeline for
             each memory mode: peak GPU memory of the denoising phase and of the decode, s/step, decode time, total,
             and the 25-step total extrapolated; plus diffusers' group offloading (block level, stream) of its transformer
-  fp8       fp8 storage (ours: per-row scale, upcast; diffusers' layerwise casting: plain cast) and fp8 compute
-            (torch._scaled_mm rowwise), eager and regionally compiled: s/step and relative error vs bf16
+  fp8       fp8 storage (ours: per-row scale, upcast; diffusers' layerwise casting: plain cast), fp8 compute
+            (torch._scaled_mm rowwise), eager and regionally compiled, and SageAttention (INT8 QK) with bf16 or fp8
+            matmuls, compiled: s/step and relative error vs bf16
   teacache  a Flow sampling loop (CFG) of N steps, exact vs TeaCache thresholds: steps computed, time, relative error
             of the final latents
 """
@@ -302,11 +303,18 @@ def section_fp8(B: Bench, deadline: float):
     res = B.results["sections"]["fp8"] = dict(size=a.size, rows=rows)
     inp = B.inputs(a.size)
     ref = B.eager_reference(inp)
-    variants = [("ours fp8 storage, upcast (qfloat8 mode)", "upcast", False),
-                ("diffusers layerwise casting (plain e4m3 cast)", "layerwise", False),
-                ("ours fp8 compute (scaled_mm rowwise), eager", "scaled_mm", False),
-                ("ours fp8 compute (scaled_mm rowwise), regional compile", "scaled_mm", True)]
-    for name, kind, comp in variants:
+    exact = B.results["sections"].get("compile", {}).get("best_attention") or ("math" if B.smoke else "cudnn")
+    # key: (row name, weight kind: fp8 storage / compute or None for bf16, regional compile, attention backend)
+    variants = {"upcast": ("ours fp8 storage, upcast (qfloat8 mode)", "upcast", False, exact),
+                "layerwise": ("diffusers layerwise casting (plain e4m3 cast)", "layerwise", False, exact),
+                "scaled_mm": ("ours fp8 compute (scaled_mm rowwise), eager", "scaled_mm", False, exact),
+                "scaled_mm_compiled": (f"ours fp8 compute (scaled_mm rowwise), regional compile, {exact} attention",
+                                       "scaled_mm", True, exact),
+                "sage_compiled": ("ours bf16 matmuls, SageAttention, regional compile", None, True, "sage"),
+                "scaled_mm_sage_compiled": ("ours fp8 compute (scaled_mm rowwise), SageAttention, regional compile",
+                                            "scaled_mm", True, "sage")}
+    for key in a.fp8_variants:
+        name, kind, comp, attn = variants[key]
         if not B.fits(deadline, 50 if comp else 10, f"fp8: {name}"): continue
         try:
             if B.cpu_state is None: B.drop_gpu_model()
@@ -314,8 +322,9 @@ def section_fp8(B: Bench, deadline: float):
             model = B.gpu_model()
             if kind == "layerwise":
                 model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=B.dtype)
-            else: quantize_fp8_(model, kind)
+            elif kind is not None: quantize_fp8_(model, kind)
             row = dict(variant=name, weights_gib=weight_bytes(model) / GiB)
+            set_attention_backend(attn)
             if comp:
                 t0 = time.perf_counter()
                 compile_transformer(model, mode=a.compile_mode, backend=a.compile_backend)
@@ -328,6 +337,7 @@ def section_fp8(B: Bench, deadline: float):
             del out
         except Exception as e:
             B.results["errors"][f"fp8: {name}"] = repr(e); traceback.print_exc()
+        set_attention_backend("sdpa")
         B.model = None; B.free()
 
 
@@ -412,6 +422,8 @@ def main(argv=None):
     ap.add_argument("--diffusers-compile", action="store_true", help="also time diffusers' regional compilation")
     ap.add_argument("--modes", nargs="*", default=["none", "group_offload", "diffusers_group_offload",
                     "model_cpu_offload_and_qfloat8", "model_cpu_offload", "sequential_cpu_offload"])
+    ap.add_argument("--fp8-variants", nargs="*", default=["upcast", "layerwise", "scaled_mm", "scaled_mm_compiled",
+                    "sage_compiled", "scaled_mm_sage_compiled"], help="rows of the fp8 section (sage: needs sageattention)")
     ap.add_argument("--mem-steps", type=int, default=2, help="denoising steps per memory-mode run (sequential: 1)")
     ap.add_argument("--tc-size", default="384x672x13")
     ap.add_argument("--tc-steps", type=int, default=25)

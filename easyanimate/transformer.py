@@ -31,7 +31,9 @@ __all__ = ['ATTENTION_BACKENDS', 'ROPE_BASE_LATENT_HW', 'ROPE_THETA', 'VARIANTS'
 # %% ../nbs/03_transformer.ipynb #4ab64a89
 _SDPA_KERNELS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                  "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-ATTENTION_BACKENDS = ("sdpa", *_SDPA_KERNELS, "flash_attn", "flash_attn3")
+_PACKAGE_BACKENDS = {"flash_attn": "flash-attn", "flash_attn3": "flash-attn (its Hopper build, flash_attn_interface)",
+                     "sage": "sageattention"}  # backend -> the package it needs
+ATTENTION_BACKENDS = ("sdpa", *_SDPA_KERNELS, *_PACKAGE_BACKENDS)
 _attention = {"backend": "sdpa"}
 
 def _flash_attn_func(backend:str):
@@ -39,6 +41,18 @@ def _flash_attn_func(backend:str):
     if backend == "flash_attn": from flash_attn import flash_attn_func
     else: from flash_attn_interface import flash_attn_func
     return flash_attn_func
+
+# A custom op, so that `torch.compile(fullgraph=True)` of a block keeps SageAttention's Triton kernels as one opaque call.
+@torch.library.custom_op("easyanimate::sage_attention", mutates_args=())
+def _sage_attention(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor) -> torch.Tensor:
+    from sageattention import sageattn
+    # Subtracting the keys' mean over tokens leaves softmax unchanged and shrinks the INT8 range of QK; done here, as
+    # sageattn's own `smooth_k` subtracts in place from the caller's tensor.
+    k = k - k.mean(dim=2, keepdim=True)
+    return sageattn(q, k.contiguous(), v, tensor_layout="HND", is_causal=False, smooth_k=False).contiguous()
+
+@_sage_attention.register_fake
+def _(q, k, v): return q.new_empty(q.shape)
 
 def attention(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, # (batch, heads, tokens, head_dim) each
               backend:str|None=None # one of `ATTENTION_BACKENDS`; None uses the default (`set_attention_backend`)
@@ -51,6 +65,7 @@ def attention(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, # (batch, heads, t
     if backend in ("flash_attn", "flash_attn3"):  # these take (batch, tokens, heads, head_dim)
         out = _flash_attn_func(backend)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
+    if backend == "sage": return _sage_attention(q, k, v)
     raise InputError(f"Unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}.")
 
 def set_attention_backend(backend:str # one of `ATTENTION_BACKENDS`
@@ -58,10 +73,12 @@ def set_attention_backend(backend:str # one of `ATTENTION_BACKENDS`
     "Make `backend` the default of `attention`; returns the previous default."
     if backend not in ATTENTION_BACKENDS:
         raise InputError(f"Unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}.")
-    if backend in ("flash_attn", "flash_attn3"):
-        try: _flash_attn_func(backend)
+    if backend in _PACKAGE_BACKENDS:
+        try:
+            if backend == "sage": import sageattention  # noqa: F401
+            else: _flash_attn_func(backend)
         except ImportError as e:
-            raise InputError(f"Attention backend {backend!r} needs the flash-attn package ({e}); "
+            raise InputError(f"Attention backend {backend!r} needs the {_PACKAGE_BACKENDS[backend]} package ({e}); "
                              "install it or use 'sdpa'.") from None
     previous, _attention["backend"] = _attention["backend"], backend
     return previous

@@ -13,3 +13,23 @@ def test_bench_load_smoke(tmp_path):
     loads = {row["loader"]: row for row in r["loads"]}
     assert set(loads) == {"ours", "diffusers"} and not any("error" in row for row in r["loads"]), r["loads"]
     assert loads["ours"]["checksum"] == loads["diffusers"]["checksum"]  # the same file gives both the same weights
+
+
+def test_bench_speed_smoke(tmp_path):
+    out = tmp_path / "speed.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "bench_speed.py"), "--smoke", "--out", str(out)], check=True,
+                   capture_output=True, text=True, timeout=600)
+    r = json.loads(out.read_text())
+    assert set(r["sections"]) == {"compile", "memory", "fp8", "teacache"}, r["sections"].keys()
+    # only the SageAttention rows may fail on a machine without the sageattention package (CUDA + Triton)
+    assert all("SageAttention" in k for k in r["errors"]), r["errors"]
+    fp8 = {row["variant"]: row for row in r["sections"]["fp8"]["rows"]}
+    assert any("regional compile" in v for v in fp8) and all(row["rel_err"] < 1e-2 for row in fp8.values()), fp8
+
+
+def test_bench_attention_smoke(tmp_path):
+    out = tmp_path / "attention.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "bench_attention.py"), "--smoke", "--out", str(out)], check=True,
+                   capture_output=True, text=True, timeout=300)
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["backend"] for row in rows} == {"math", "sdpa"} and all(row["rel_err"] < 1e-5 for row in rows), rows
