@@ -210,12 +210,13 @@ def section_compile(B: Bench, deadline: float):
 
 # ---------------------------------------------------------------------------------------------------------------------
 def section_memory(B: Bench, deadline: float):
+    "Every memory mode at `--size`, then at each of `--mem-sizes` (the table of which mode fits which GPU)."
     from diffusers import FlowMatchEulerDiscreteScheduler
     from easyanimate.pipeline import EasyAnimatePipeline
     from easyanimate.vae import AutoencoderKLMagvit
     a, rows = B.args, []
-    H, W, frames = parse_size(a.size)
-    res = B.results["sections"]["memory"] = dict(size=f"{H}x{W}x{frames}", steps=a.mem_steps, rows=rows)
+    sizes = list(dict.fromkeys([a.size] + (a.mem_sizes or [])))
+    res = B.results["sections"]["memory"] = dict(size=", ".join(sizes), steps=a.mem_steps, rows=rows)
     B.drop_gpu_model()
     torch.manual_seed(a.seed)
     vae_cpu = AutoencoderKLMagvit(**(SMOKE_VAE if B.smoke else {})).to(B.dtype).eval()
@@ -226,18 +227,22 @@ def section_memory(B: Bench, deadline: float):
     cost = {"none": 15, "group_offload": 25, "model_cpu_offload_and_qfloat8": 30, "model_cpu_offload": 30,
             "sequential_cpu_offload": 40, "diffusers_group_offload": 20}
     order = [m for m in a.modes if m in MEMORY_MODES or m == "diffusers_group_offload"]
-    for mode in order:
-        if not B.fits(deadline, cost.get(mode, 20), f"memory: {mode}"): continue
-        B.free(); B.reset_peak()
-        try:
-            if mode == "diffusers_group_offload": row = diffusers_group_offload(B, H, W, frames)
-            else: row = pipeline_run(B, mode, vae_state, pe, ne, H, W, frames, EasyAnimatePipeline,
-                                     FlowMatchEulerDiscreteScheduler, AutoencoderKLMagvit)
-            rows.append(row)
-            print(f"  {mode}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items() if isinstance(v, float)), flush=True)
-        except Exception as e:
-            B.results["errors"][f"memory: {mode}"] = repr(e); traceback.print_exc()
-        B.free()
+    for size in sizes:
+        H, W, frames = parse_size(size)
+        scale = H * W * frames / (384 * 672 * 49)  # the costs above are for 384x672x49
+        for mode in order:
+            if not B.fits(deadline, cost.get(mode, 20) * max(1.0, scale), f"memory: {mode} at {size}"): continue
+            B.free(); B.reset_peak()
+            try:
+                if mode == "diffusers_group_offload": row = diffusers_group_offload(B, H, W, frames)
+                else: row = pipeline_run(B, mode, vae_state, pe, ne, H, W, frames, EasyAnimatePipeline,
+                                         FlowMatchEulerDiscreteScheduler, AutoencoderKLMagvit)
+                rows.append({"size": size, **row})
+                print(f"  {size} {mode}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items() if isinstance(v, float)), flush=True)
+            except Exception as e:
+                B.results["errors"][f"memory: {mode} at {size}"] = repr(e); traceback.print_exc()
+            B.free()
+            B.save()
 
 
 def pipeline_run(B, mode, vae_state, pe, ne, H, W, frames, Pipe, Sched, VAE):
@@ -372,6 +377,31 @@ SECTIONS = dict(compile=section_compile, memory=section_memory, fp8=section_fp8,
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+GPU_ROWS_GB = (8, 12, 16, 24, 40, 80)
+MODE_MARKS = {"none": "✅", "model_cpu_offload": "✅", "model_cpu_offload_and_qfloat8": "🧡", "group_offload": "🟦",
+              "sequential_cpu_offload": "⭕️"}
+HEADROOM_GIB = 1.0  # CUDA context, cuBLAS workspace and fragmentation above the allocator's peak
+
+
+def gpu_table(rows: list) -> str:
+    """The seed README's table: for each GPU size and video size, the fastest measured mode whose whole-generation peak
+    (plus `HEADROOM_GIB`) fits the card (a card of N GB has N * 0.93 GiB), with its estimated 25-step time."""
+    sizes = list(dict.fromkeys(x["size"] for x in rows if "size" in x and x.get("peak_gib") is not None))
+    if not sizes: return ""
+    out = ["\nWhich mode fits (✅ resident or model offload, 🧡 model offload + fp8 weights, 🟦 group offload, ⭕️ sequential "
+           f"offload; fastest that fits; peak + {HEADROOM_GIB} GiB <= 0.93 x the card's GB), est. 25 steps + decode:",
+           "| GPU memory | " + " | ".join(sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for gb in GPU_ROWS_GB:
+        cells = []
+        for size in sizes:
+            fit = [x for x in rows if x.get("size") == size and x.get("peak_gib") is not None
+                   and x["peak_gib"] + HEADROOM_GIB <= 0.93 * gb and x["mode"] in MODE_MARKS]
+            best = min(fit, key=lambda x: x["est_25_steps_s"], default=None)
+            cells.append("❌" if best is None else f"{MODE_MARKS[best['mode']]} {best['est_25_steps_s']:.0f} s")
+        out.append(f"| {gb} GB | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def tables(r: dict) -> str:
     f = lambda v, p=3: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
     e = lambda v: "-" if v is None else f"{v:.1e}"
@@ -386,11 +416,12 @@ def tables(r: dict) -> str:
     if "memory" in S:
         m = S["memory"]
         out += [f"\n### Whole generation at {m['size']} ({m['steps']} steps + VAE decode; text encoder excluded)",
-                "| mode | peak (GiB) | denoise peak | decode peak | s/step | first step (s) | decode (s) | VAE tiles | setup (s) | est. 25 steps (s) |",
+                "| size, mode | peak (GiB) | denoise peak | decode peak | s/step | first step (s) | decode (s) | VAE tiles | setup (s) | est. 25 steps (s) |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
-        out += [f"| {x['mode']} | {f(x.get('peak_gib'), 2)} | {f(x.get('denoise_peak_gib'), 2)} | {f(x.get('decode_peak_gib'), 2)} | "
+        out += [f"| {x.get('size', m['size'])} {x['mode']} | {f(x.get('peak_gib'), 2)} | {f(x.get('denoise_peak_gib'), 2)} | {f(x.get('decode_peak_gib'), 2)} | "
                 f"{f(x.get('s_per_step'))} | {f(x.get('first_step_s'), 2)} | {f(x.get('decode_s'), 2)} | {x.get('vae_tiling') or '-'} | {f(x.get('setup_s'), 1)} | "
                 f"{f(x.get('est_25_steps_s'), 1)} |" for x in m["rows"]]
+        out.append(gpu_table(m["rows"]))
     if "fp8" in S:
         out += [f"\n### fp8 at {S['fp8']['size']}", "| variant | weights (GiB) | s/step | compile (s) | peak (GiB) | rel. err. vs bf16 |",
                 "|---|---|---|---|---|---|"]
@@ -424,6 +455,8 @@ def main(argv=None):
                     "model_cpu_offload_and_qfloat8", "model_cpu_offload", "sequential_cpu_offload"])
     ap.add_argument("--fp8-variants", nargs="*", default=["upcast", "layerwise", "scaled_mm", "scaled_mm_compiled",
                     "sage_compiled", "scaled_mm_sage_compiled"], help="rows of the fp8 section (sage: needs sageattention)")
+    ap.add_argument("--mem-sizes", nargs="*", default=[], help="more HxWxF sizes for the memory section (the GPU table), "
+                    "e.g. 384x672x25 576x1008x25 576x1008x49 768x1344x25 768x1344x49")
     ap.add_argument("--mem-steps", type=int, default=2, help="denoising steps per memory-mode run (sequential: 1)")
     ap.add_argument("--tc-size", default="384x672x13")
     ap.add_argument("--tc-steps", type=int, default=25)
