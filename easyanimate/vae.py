@@ -518,7 +518,8 @@ def _check_latents(self:AutoencoderKLMagvit, z) -> torch.Tensor:
 
 @patch
 def _to_model(self:AutoencoderKLMagvit, x:torch.Tensor, what:str) -> torch.Tensor:
-    if x.device != self.device:
+    # On "meta", sequential offload hooks hold the weights and bring each layer to the input's device when it runs.
+    if x.device != self.device and self.device.type != "meta":
         raise InputError(f"The {what} are on {x.device} but the VAE is on {self.device}: move one of them "
                          "(x.to(vae.device) or vae.to(x.device)).")
     return x.to(self.dtype)
