@@ -2,7 +2,7 @@
 """Attention alone at the 12B model's real shapes (issue 6): time per layer of each backend of
 `easyanimate.transformer.attention`, and its error against an exact float32 softmax.
 
-    python bench/bench_attention.py                  # GPU: 384x672x49 and 576x1008x49, CFG batch 2, 24 heads x 128
+    python bench/bench_attention.py                  # GPU: 384x672x49 and 576x1008x49, CFG batch 2, the 12B's 48 heads x 64
     python bench/bench_attention.py --smoke          # CPU, tiny shape: proves the script runs
 
 Inputs are random bf16 with the spread of real queries and keys (unit variance per element, then the model's 1/sqrt(d)
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import easyanimate from the repo root
 import torch
-from easyanimate.transformer import attention, set_attention_backend
+from easyanimate.transformer import V51_12B_CONFIG, attention, set_attention_backend
 from easyanimate.core import InputError
 
 SIZES = {"384x672x49": 13104, "576x1008x49": 29484, "768x1344x49": 52416}  # video tokens (2x2 patches of the latent)
@@ -54,13 +54,16 @@ def main():
     ap.add_argument("--sizes", nargs="*", default=["384x672x49", "576x1008x49"], choices=list(SIZES))
     ap.add_argument("--backends", nargs="*", default=["cudnn", "flash", "efficient", "sage", "flex"])
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--heads", type=int, default=None, help="default: the 12B config's")
+    ap.add_argument("--head-dim", type=int, default=None, help="default: the 12B config's")
     ap.add_argument("--text-tokens", type=int, default=256)
     ap.add_argument("--out", default=None, help="JSON path (default $OUT/bench_attention.json, else bench/results/)")
     a = ap.parse_args()
     out = Path(a.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(__file__).parent / "results") / "bench_attention.json")
     cuda = torch.cuda.is_available() and not a.smoke
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    batch, heads, hd = (2, 24, 128) if cuda else (1, 2, 64)
+    heads_12b, hd_12b = V51_12B_CONFIG["num_attention_heads"], V51_12B_CONFIG["attention_head_dim"]
+    batch, heads, hd = (2, a.heads or heads_12b, a.head_dim or hd_12b) if cuda else (1, 2, 64)
     backends = a.backends if cuda else ["math", "sdpa"]
     sizes = {s: SIZES[s] + a.text_tokens for s in a.sizes} if cuda else {"smoke": 300}
     res = dict(device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__,
