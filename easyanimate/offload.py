@@ -12,9 +12,9 @@ from .core import InputError
 from .transformer import ATTENTION_BACKENDS, attention, set_attention_backend
 
 # %% auto #0
-__all__ = ['MEMORY_MODES', 'DECODE_BUDGET_GIB', 'FP8_DTYPE', 'FP8_MAX', 'check_memory_mode', 'quantize_rowwise', 'Float8Linear',
-           'quantize_fp8_', 'weight_bytes', 'enable_memory_mode', 'prepare_decode', 'release_after_use',
-           'fastest_attention_backend', 'compile_transformer']
+__all__ = ['MEMORY_MODES', 'DECODE_BUDGET_GIB', 'LOW_MEMORY_BLOCK_TOKENS', 'FP8_DTYPE', 'FP8_MAX', 'check_memory_mode',
+           'quantize_rowwise', 'Float8Linear', 'quantize_fp8_', 'weight_bytes', 'enable_memory_mode', 'prepare_decode',
+           'release_after_use', 'fastest_attention_backend', 'compile_transformer']
 
 # %% ../nbs/30_offload.ipynb #7e5c071b
 MEMORY_MODES = ("none", "model_cpu_offload", "model_cpu_offload_and_qfloat8", "sequential_cpu_offload", "group_offload")
@@ -28,6 +28,10 @@ def check_memory_mode(mode:str|None # one of `MEMORY_MODES`; None means "none"
     if mode not in MEMORY_MODES:
         raise InputError(f"memory_mode must be one of {MEMORY_MODES} (or None), got {mode!r}.")
     return mode
+# In the low-memory modes a block runs the two CFG rows one after the other once they hold more tokens than this
+# (768x1344x49: 2 x 52 672), halving the activations that set their peak; smaller videos run both rows at once.
+LOW_MEMORY_BLOCK_TOKENS = 65536
+
 
 # %% ../nbs/30_offload.ipynb #b3d8f498
 FP8_DTYPE = torch.float8_e4m3fn
@@ -138,7 +142,8 @@ def enable_memory_mode(pipe, # an easyanimate pipeline (any: T2V, InP, control)
                        device:str|torch.device|None=None, # the accelerator (default: CUDA if available, else CPU)
                        vae_budget_gib:float|None|str="auto", # decode budget: "auto" = `DECODE_BUDGET_GIB[mode]`; None = untiled
                        free_text_encoder:bool|None=None, # keep the text encoder on the CPU between prompts (default: on in offload modes)
-                       num_blocks_per_group:int=1 # group_offload: transformer blocks moved together
+                       num_blocks_per_group:int=1, # group_offload: transformer blocks moved together
+                       max_block_tokens:int|None|str="auto" # rows x tokens a block runs at once ("auto": `LOW_MEMORY_BLOCK_TOKENS` in group and sequential offload, else the whole batch)
                       ):
     "Place `pipe`'s components for `mode` and choose its VAE decode tiling; returns `pipe`."
     mode = check_memory_mode(mode)
@@ -146,6 +151,9 @@ def enable_memory_mode(pipe, # an easyanimate pipeline (any: T2V, InP, control)
     pipe._memory_mode, pipe._memory_hooks = mode, {}
     pipe._vae_budget_gib = DECODE_BUDGET_GIB[mode] if vae_budget_gib == "auto" else vae_budget_gib
     if free_text_encoder is None: free_text_encoder = mode != "none"
+    if max_block_tokens == "auto":
+        max_block_tokens = LOW_MEMORY_BLOCK_TOKENS if mode in ("group_offload", "sequential_cpu_offload") else None
+    if hasattr(pipe.transformer, "set_max_block_tokens"): pipe.transformer.set_max_block_tokens(max_block_tokens)
     if mode == "model_cpu_offload_and_qfloat8":
         quantize_fp8_(pipe.transformer, "upcast", device=device if device.type != "cpu" else None)
     if device.type == "cpu":  # offloading to the CPU from the CPU: nothing to do

@@ -296,11 +296,23 @@ class EasyAnimateTransformerBlock(nn.Module):
         self.ff = FeedForward(dim, dropout, activation_fn)
         self.txt_ff = FeedForward(dim, dropout, activation_fn) if is_mmdit_block else None
         self.norm3 = FP32LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine) if after_norm else None
+        self.max_tokens = None  # rows x tokens run at once (None: the whole batch); see `set_max_block_tokens`
 
     def forward(self, hidden_states:torch.Tensor, # video tokens (B, Lv, dim)
                 encoder_hidden_states:torch.Tensor, # text tokens (B, Lt, dim)
                 temb:torch.Tensor, # timestep embedding (B, time_embed_dim)
                 rope:tuple[torch.Tensor, torch.Tensor]|None=None):
+        B, L = hidden_states.shape[0], hidden_states.shape[1] + encoder_hidden_states.shape[1]
+        rows = B if self.max_tokens is None else max(1, self.max_tokens // L)
+        if rows >= B: return self._forward(hidden_states, encoder_hidden_states, temb, rope)
+        # Rows are independent (attention stays within a sample), so slices of the batch (the CFG halves) can run one
+        # after the other: the same result with the activations of fewer rows alive at once.
+        temb_rows = temb.split(rows) if temb.shape[0] == B else [temb] * -(-B // rows)
+        outs = [self._forward(x, c, t, rope) for x, c, t in
+                zip(hidden_states.split(rows), encoder_hidden_states.split(rows), temb_rows)]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+    def _forward(self, hidden_states, encoder_hidden_states, temb, rope):
         # 1. Attention: modulate both streams, attend jointly, add back through the gates
         x, c, gate, c_gate = self.norm1(hidden_states, encoder_hidden_states, temb)
         x, c = self.attn1(x, c, rope)
@@ -487,6 +499,17 @@ class EasyAnimateTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         # 8. Project to patch values and un-patchify
         out = unpatchify(self.proj_out(x), frames, h, w, p)
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+# %% ../nbs/03_transformer.ipynb #596918b3
+@patch
+def set_max_block_tokens(self:EasyAnimateTransformer3DModel,
+                         max_tokens:int|None # rows x (video + text) tokens a block runs at once; None: the whole batch
+                        ) -> EasyAnimateTransformer3DModel:
+    "Run each block's batch in slices of at most `max_tokens` rows x tokens (less activation memory, same result)."
+    if max_tokens is not None and max_tokens < 1: raise InputError(f"max_tokens must be positive or None, got {max_tokens}.")
+    for block in self.transformer_blocks: block.max_tokens = max_tokens
+    return self
+
 
 # %% ../nbs/03_transformer.ipynb #9be49c31
 V51_12B_CONFIG = dict(num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, patch_size=2,
