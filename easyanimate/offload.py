@@ -20,6 +20,9 @@ __all__ = ['MEMORY_MODES', 'DECODE_BUDGET_GIB', 'LOW_MEMORY_BLOCK_TOKENS', 'FP8_
 MEMORY_MODES = ("none", "model_cpu_offload", "model_cpu_offload_and_qfloat8", "sequential_cpu_offload", "group_offload")
 DECODE_BUDGET_GIB = {"none": None, "model_cpu_offload": None, "model_cpu_offload_and_qfloat8": None,
                      "sequential_cpu_offload": 4.0, "group_offload": 4.0}  # VAE decode budget per mode (None: untiled)
+# In group and sequential offload a block runs the two CFG rows one after the other once they hold more tokens than
+# this (768x1344x49: 2 x 52 672), to halve the activations that set those modes' peak; smaller videos run both at once.
+LOW_MEMORY_BLOCK_TOKENS = 65536
 
 def check_memory_mode(mode:str|None # one of `MEMORY_MODES`; None means "none"
                      ) -> str:
@@ -28,9 +31,6 @@ def check_memory_mode(mode:str|None # one of `MEMORY_MODES`; None means "none"
     if mode not in MEMORY_MODES:
         raise InputError(f"memory_mode must be one of {MEMORY_MODES} (or None), got {mode!r}.")
     return mode
-# In the low-memory modes a block runs the two CFG rows one after the other once they hold more tokens than this
-# (768x1344x49: 2 x 52 672), halving the activations that set their peak; smaller videos run both rows at once.
-LOW_MEMORY_BLOCK_TOKENS = 65536
 
 
 # %% ../nbs/30_offload.ipynb #b3d8f498

@@ -52,7 +52,7 @@ def _sage_attention(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor) -> torch.Ten
     return sageattn(q, k.contiguous(), v, tensor_layout="HND", is_causal=False, smooth_k=False).contiguous()
 
 @_sage_attention.register_fake
-def _(q, k, v): return q.new_empty(q.shape)
+def _sage_attention_fake(q, k, v): return q.new_empty(q.shape)  # the output's shape, for tracing
 
 def attention(q:torch.Tensor, k:torch.Tensor, v:torch.Tensor, # (batch, heads, tokens, head_dim) each
               backend:str|None=None # one of `ATTENTION_BACKENDS`; None uses the default (`set_attention_backend`)
