@@ -33,3 +33,14 @@ def test_bench_attention_smoke(tmp_path):
                    capture_output=True, text=True, timeout=300)
     rows = json.loads(out.read_text())["rows"]
     assert {row["backend"] for row in rows} == {"math", "sdpa"} and all(row["rel_err"] < 1e-5 for row in rows), rows
+
+
+def test_bench_block_memory_smoke(tmp_path):
+    out = tmp_path / "block_memory.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "bench_block_memory.py"), "--smoke", "--tokens", "512", "1024",
+                    "--out", str(out)], check=True, capture_output=True, text=True, timeout=300)
+    r = json.loads(out.read_text())
+    small, large = r["rows"]
+    assert large["whole"] > small["whole"] > 0  # activations grow with the tokens
+    assert all(row["sliced"] < row["whole"] for row in r["rows"]), r["rows"]  # one CFG row at a time needs less
+    assert set(r["extrapolated"]) == {"384x672x49", "576x1008x49", "768x1344x49"}
