@@ -11,13 +11,14 @@ workspace), so the CPU figures are a lower bound of the GPU's.
   python bench/bench_block_memory.py --tokens 13360 52672   # GPU: the real sizes directly
 """
 import argparse, json, sys, time
+import numpy as np
 import torch
+from bench_speed import GiB, SMOKE_CONFIG  # the speed benchmark's tiny config (it puts the repo on sys.path)
 from easyanimate.transformer import V51_12B_CONFIG, empty_model, random_weights_
 from easyanimate.vae import TensorMemoryMeter
 
 SIZES = {"384x672x49": 13 * 24 * 42, "576x1008x49": 13 * 36 * 63, "768x1344x49": 13 * 48 * 84}  # video tokens a row
 TEXT_TOKENS = 256
-GIB = 2 ** 30
 
 
 def parse_args(argv=None):
@@ -48,18 +49,10 @@ def block_peak(block, tokens:int, batch:int, dim:int, temb_dim:int, max_tokens, 
     return peak
 
 
-def fit(points:list[tuple[int, int]]) -> tuple[float, float]:
-    "Least-squares a + b x tokens."
-    n = len(points); mx = sum(p[0] for p in points) / n; my = sum(p[1] for p in points) / n
-    b = sum((p[0] - mx) * (p[1] - my) for p in points) / max(sum((p[0] - mx) ** 2 for p in points), 1e-9)
-    return my - b * mx, b
-
-
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = dict(V51_12B_CONFIG, num_layers=1, mmdit_layers=1)
-    if args.smoke: config.update(num_attention_heads=2, attention_head_dim=16, time_embed_dim=32, text_embed_dim=32)
+    config = SMOKE_CONFIG if args.smoke else dict(V51_12B_CONFIG, num_layers=1, mmdit_layers=1)  # one block is measured
     model = random_weights_(empty_model(config), device=device, dtype=torch.bfloat16)
     block = model.transformer_blocks[0]
     dim = config["num_attention_heads"] * config["attention_head_dim"]
@@ -69,19 +62,19 @@ def main(argv=None):
         whole = block_peak(block, tokens, args.batch, dim, config["time_embed_dim"], None, device)
         sliced = block_peak(block, tokens, args.batch, dim, config["time_embed_dim"], tokens, device)  # one row at a time
         rows.append(dict(tokens=tokens, whole=whole, sliced=sliced))
-        print(f"{tokens} tokens: whole batch {whole / GIB:.3f} GiB, one row at a time {sliced / GIB:.3f} GiB "
+        print(f"{tokens} tokens: whole batch {whole / GiB:.3f} GiB, one row at a time {sliced / GiB:.3f} GiB "
               f"({time.time() - t0:.0f} s)", flush=True)
     out = dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
                width=dim, batch=args.batch, rows=rows, extrapolated={})
     if len(rows) >= 2:
         for key in ("whole", "sliced"):
-            a, b = fit([(r["tokens"], r[key]) for r in rows])
+            b, a = np.polyfit([r["tokens"] for r in rows], [r[key] for r in rows], 1)
             for name, video in SIZES.items():
-                out["extrapolated"].setdefault(name, {})[key] = a + b * (video + TEXT_TOKENS)
+                out["extrapolated"].setdefault(name, {})[key] = float(a + b * (video + TEXT_TOKENS))
         print("\n| size | tokens a row | whole batch (GiB) | one row at a time (GiB) |\n|---|---|---|---|")
         for name, video in SIZES.items():
             e = out["extrapolated"][name]
-            print(f"| {name} | {video + TEXT_TOKENS} | {e['whole'] / GIB:.2f} | {e['sliced'] / GIB:.2f} |")
+            print(f"| {name} | {video + TEXT_TOKENS} | {e['whole'] / GiB:.2f} | {e['sliced'] / GiB:.2f} |")
     if args.out:
         with open(args.out, "w") as f: json.dump(out, f, indent=1)
     return out

@@ -32,7 +32,6 @@ def check_memory_mode(mode:str|None # one of `MEMORY_MODES`; None means "none"
         raise InputError(f"memory_mode must be one of {MEMORY_MODES} (or None), got {mode!r}.")
     return mode
 
-
 # %% ../nbs/30_offload.ipynb #b3d8f498
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448

@@ -510,7 +510,6 @@ def set_max_block_tokens(self:EasyAnimateTransformer3DModel,
     for block in self.transformer_blocks: block.max_tokens = max_tokens
     return self
 
-
 # %% ../nbs/03_transformer.ipynb #9be49c31
 V51_12B_CONFIG = dict(num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, patch_size=2,
                       num_layers=48, mmdit_layers=48, time_embed_dim=512, text_embed_dim=3584, add_norm_text_encoder=True,

@@ -12,6 +12,7 @@
 import argparse, collections, json, random, time
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from easyanimate.core import frames_to_tensor, tensor_to_frames
 from easyanimate.shapes import (BACKGROUNDS, COLOURS, DEMO_GENERATION, ClipSpec, demo_model_dir, evaluate,
                                 evaluation_prompts, random_object, render_clip, score_video, summarise)
 
@@ -35,12 +36,10 @@ def decoder(pipe, args):
     rng, colours = random.Random(3), list(COLOURS)
     clips = [(colours[i % 6], ClipSpec([random_object(rng, allow_held_out=True, colour=colours[i % 6])],
                                        rng.choice(list(BACKGROUNDS)), 128, 128, 17, i)) for i in range(24)]
-    to_tensor = lambda f: torch.from_numpy(f).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    to_frames = lambda x: ((x[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
-    latents = [(c, vae.encode(to_tensor(render_clip(spec))).latent_dist.mode() * sf) for c, spec in clips]
+    latents = [(c, vae.encode(frames_to_tensor(render_clip(spec))).latent_dist.mode() * sf) for c, spec in clips]
     for sigma in (0.0, 0.05, 0.1, 0.2, 0.3):
         g = torch.Generator().manual_seed(0)
-        ok = sum(score_video(to_frames(vae.decode((z + sigma * torch.randn(z.shape, generator=g)) / sf).sample))["colour"] == c
+        ok = sum(score_video(tensor_to_frames(vae.decode((z + sigma * torch.randn(z.shape, generator=g)) / sf).sample))["colour"] == c
                  for c, z in latents)
         print(f"latent noise {sigma} std: colour right in {ok} / {len(latents)}", flush=True)
 

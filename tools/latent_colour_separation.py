@@ -13,6 +13,7 @@ the k directions that carry most of the colour differences (plain or relative to
 """
 import argparse, itertools, random
 import torch
+from easyanimate.core import frames_to_tensor
 from easyanimate.shapes import BACKGROUNDS, COLOURS, ClipSpec, ShapeSpec, demo_model_dir, random_object, render_clip
 from easyanimate.vae import AutoencoderKLMagvit
 
@@ -25,7 +26,7 @@ def main():
     a = ap.parse_args()
     vae = AutoencoderKLMagvit.from_pretrained(a.vae).eval()
     sf = vae.config.scaling_factor
-    enc = lambda frames: vae.encode(torch.from_numpy(frames).float().permute(3, 0, 1, 2)[None] / 127.5 - 1).latent_dist.mode()[0] * sf
+    enc = lambda frames: vae.encode(frames_to_tensor(frames)).latent_dist.mode()[0] * sf
     colours, rng = list(COLOURS), random.Random(0)
     diffs, latents = {pair: [] for pair in itertools.combinations(colours, 2)}, []
     for _ in range(a.objects):
